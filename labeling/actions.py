@@ -1,0 +1,371 @@
+"""Every write to the labeling domain goes through a function here: one durable transaction each.
+
+HTML views, API views, commands and tasks call these and never sequence the steps themselves.
+
+The queue's guarantees, on PostgreSQL and SQLite alike:
+- an item is never leased to more people than it still needs (`Item.open_slots`, a CHECK >= 0);
+- never twice to the same person (unique (item, annotator) on Assignment and on Annotation);
+- a retried submit with the same client request id creates nothing new.
+On PostgreSQL the claim locks one row with FOR UPDATE SKIP LOCKED, so concurrent claims pass each
+other; on SQLite every write transaction starts IMMEDIATE (see settings), so writers are serialised.
+"""
+import random
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Exists, F, OuterRef
+from django.utils import timezone
+
+from .models import (
+    Annotation,
+    Assignment,
+    DEFAULT_CATEGORIES,
+    Category,
+    GoldLabel,
+    Item,
+    Membership,
+    Project,
+    ReviewPolicy,
+    Role,
+)
+
+
+class QueueError(Exception):
+    """A request the queue refuses; the message says what happened and what to do."""
+
+
+class LeaseLost(QueueError):
+    pass
+
+
+class NothingToUndo(QueueError):
+    pass
+
+
+def _lease_expiry(project: Project, now):
+    return now + timedelta(minutes=project.lease_minutes)
+
+
+# --- claiming ---------------------------------------------------------------------------------
+
+
+def live_leases(project: Project, user) -> list[Assignment]:
+    return list(
+        Assignment.objects.filter(project=project, annotator=user, status=Assignment.Status.LEASED)
+        .select_related("item")
+        .order_by("leased_at", "id")
+    )
+
+
+def claim_stage(membership: Membership, depth: int | None = None) -> list[Assignment]:
+    """The person's live leases, topped up to `depth`: the item on screen and those prefetched."""
+    depth = depth or settings.LABELLOOP["PREFETCH_DEPTH"]
+    leases = live_leases(membership.project, membership.user)
+    while len(leases) < depth:
+        lease = claim_next_item(membership)
+        if lease is None:
+            break
+        leases.append(lease)
+    return leases
+
+
+def claim_next_item(membership: Membership, now=None) -> Assignment | None:
+    """Lease the next item this person may annotate, or None when the queue is empty for them."""
+    now = now or timezone.now()
+    lease = _claim_after(membership, membership.queue_cursor, now)
+    if lease is None:
+        # Items behind the cursor can free up again (an expired lease, a rejected review);
+        # only an empty-looking queue pays for looking back, and for releasing stale leases.
+        release_expired_leases(now=now, project=membership.project)
+        lease = _claim_after(membership, None, now)
+    return lease
+
+
+def _claim_after(membership: Membership, cursor: int | None, now) -> Assignment | None:
+    project, user = membership.project, membership.user
+    with transaction.atomic(durable=True):
+        candidates = Item.objects.filter(project=project, open_slots__gt=0).exclude(
+            Exists(Assignment.objects.filter(item=OuterRef("pk"), annotator=user))
+        )
+        if cursor is not None:
+            candidates = candidates.filter(rank__gt=cursor)
+        item = (
+            candidates.order_by("rank")
+            .select_for_update(skip_locked=True, of=("self",))
+            .only("id", "rank", "project_id")
+            .first()
+        )
+        if item is None:
+            return None
+        Item.objects.filter(pk=item.pk).update(open_slots=F("open_slots") - 1)
+        lease = Assignment.objects.create(
+            item=item, annotator=user, project=project, leased_at=now, expires_at=_lease_expiry(project, now)
+        )
+        Membership.objects.filter(pk=membership.pk).update(queue_cursor=item.rank)
+        membership.queue_cursor = item.rank
+    lease.item = Item.objects.get(pk=item.pk)
+    return lease
+
+
+def release_expired_leases(now=None, project: Project | None = None, batch: int = 1000) -> int:
+    """Return abandoned items to the pool. Returns how many leases were released."""
+    now = now or timezone.now()
+    released = 0
+    while True:
+        with transaction.atomic(durable=True):
+            expired = Assignment.objects.filter(status=Assignment.Status.LEASED, expires_at__lte=now)
+            if project is not None:
+                expired = expired.filter(project=project)
+            rows = list(
+                expired.select_for_update(skip_locked=True).values_list("id", "item_id")[:batch]
+            )
+            if not rows:
+                return released
+            Assignment.objects.filter(id__in=[r[0] for r in rows]).delete()
+            for item_id in {r[1] for r in rows}:
+                freed = sum(1 for r in rows if r[1] == item_id)
+                Item.objects.filter(pk=item_id).update(open_slots=F("open_slots") + freed)
+            released += len(rows)
+
+
+# --- submitting -------------------------------------------------------------------------------
+
+
+def submit_annotation(
+    membership: Membership,
+    item_id: int,
+    category_ids: list[int],
+    client_request_id: str,
+    duration_ms: int = 0,
+    suggestion_shown: bool = False,
+    suggested_category_id: int | None = None,
+    model_version_id: int | None = None,
+) -> Annotation:
+    """Record one person's label for one item. A retry with the same request id returns the
+    annotation the first attempt stored and creates nothing."""
+    project, user = membership.project, membership.user
+    if not client_request_id:
+        raise QueueError("A submission needs a client request id (any unique string per keypress).")
+    category_ids = _validated_categories(project, category_ids)
+    previous = _earlier_submission(user, client_request_id, item_id)
+    if previous is not None:
+        return previous
+    try:
+        with transaction.atomic(durable=True):
+            lease = _lease_for_submit(project, user, item_id)
+            annotation = Annotation.objects.create(
+                item_id=item_id,
+                annotator=user,
+                project=project,
+                categories=category_ids,
+                client_request_id=client_request_id,
+                duration_ms=max(0, min(int(duration_ms or 0), 24 * 3600 * 1000)),
+                suggestion_shown=suggestion_shown,
+                suggested_category_id=suggested_category_id,
+                model_version_id=model_version_id,
+                guidelines_version=project.guidelines_version,
+            )
+            Assignment.objects.filter(pk=lease.pk).update(status=Assignment.Status.SUBMITTED)
+            _record_annotation_on_item(project, item_id)
+    except IntegrityError:
+        # A concurrent retry of the same keypress won the race: hand back what it stored.
+        previous = _earlier_submission(user, client_request_id, item_id)
+        if previous is None:
+            raise QueueError("You have already labeled this item.") from None
+        return previous
+    return annotation
+
+
+def _validated_categories(project: Project, category_ids: list[int]) -> list[int]:
+    ids = sorted({int(c) for c in category_ids})
+    if not ids:
+        raise QueueError("Choose a category.")
+    if project.mode == Project.Mode.SINGLE and len(ids) != 1:
+        raise QueueError("This project is single-label: choose exactly one category.")
+    known = set(Category.objects.filter(project=project, id__in=ids).values_list("id", flat=True))
+    unknown = [c for c in ids if c not in known]
+    if unknown:
+        raise QueueError(f"Unknown category id(s) {unknown} for project {project.slug}.")
+    return ids
+
+
+def _earlier_submission(user, client_request_id: str, item_id: int) -> Annotation | None:
+    previous = Annotation.objects.filter(annotator=user, client_request_id=client_request_id).first()
+    if previous is not None and previous.item_id != int(item_id):
+        raise QueueError("This request id was already used for another item; send a fresh one.")
+    return previous
+
+
+def _lease_for_submit(project: Project, user, item_id: int) -> Assignment:
+    lease = (
+        Assignment.objects.select_for_update()
+        .filter(project=project, annotator=user, item_id=item_id)
+        .first()
+    )
+    if lease is not None:
+        if lease.status == Assignment.Status.SUBMITTED:
+            raise QueueError("You have already labeled this item.")
+        if lease.status == Assignment.Status.SKIPPED:
+            raise QueueError("You skipped this item; it is no longer yours to label.")
+        return lease
+    # The lease expired and was released. Accept the work if the item still has a free slot.
+    now = timezone.now()
+    taken = Item.objects.filter(pk=item_id, project=project, open_slots__gt=0).update(
+        open_slots=F("open_slots") - 1
+    )
+    if not taken:
+        raise LeaseLost(
+            "Your lease on this item expired and it went to someone else; your label was not "
+            "stored. Carry on with the next item."
+        )
+    return Assignment.objects.create(
+        item_id=item_id, annotator=user, project=project, leased_at=now, expires_at=_lease_expiry(project, now)
+    )
+
+
+def _record_annotation_on_item(project: Project, item_id: int) -> None:
+    Item.objects.filter(pk=item_id).update(annotation_count=F("annotation_count") + 1)
+    item = Item.objects.only("id", "annotation_count", "status").get(pk=item_id)
+    if item.annotation_count >= project.annotations_per_item and item.status == Item.Status.OPEN:
+        _complete_item(project, item)
+
+
+def _complete_item(project: Project, item: Item) -> None:
+    """All k annotations are in: the item is gold by consensus where the policy allows it,
+    otherwise it waits in the review queue."""
+    labels = list(Annotation.objects.filter(item=item).values_list("categories", flat=True))
+    agreed = all(sorted(lab) == sorted(labels[0]) for lab in labels)
+    if agreed and not _needs_review(project):
+        GoldLabel.objects.create(
+            item=item,
+            project=project,
+            categories=sorted(labels[0]),
+            source=GoldLabel.Source.CONSENSUS,
+            guidelines_version=project.guidelines_version,
+        )
+        Item.objects.filter(pk=item.pk).update(status=Item.Status.GOLD)
+    else:
+        Item.objects.filter(pk=item.pk).update(status=Item.Status.COMPLETED)
+
+
+def _needs_review(project: Project) -> bool:
+    if project.review_policy == ReviewPolicy.ALL:
+        return True
+    if project.review_policy == ReviewPolicy.SAMPLE:
+        return random.random() * 100 < project.review_sample_percent
+    return False
+
+
+# --- skip and undo ----------------------------------------------------------------------------
+
+
+def skip_item(membership: Membership, item_id: int) -> None:
+    """Give the item back to the pool; this person will not be offered it again."""
+    with transaction.atomic(durable=True):
+        changed = Assignment.objects.filter(
+            project=membership.project, annotator=membership.user, item_id=item_id, status=Assignment.Status.LEASED
+        ).update(status=Assignment.Status.SKIPPED)
+        if changed:
+            Item.objects.filter(pk=item_id).update(open_slots=F("open_slots") + 1)
+
+
+def undo_last_annotation(membership: Membership) -> Assignment:
+    """Take back this person's latest label in the project; the item is theirs again, first in line."""
+    project, user = membership.project, membership.user
+    with transaction.atomic(durable=True):
+        annotation = (
+            Annotation.objects.select_for_update()
+            .filter(project=project, annotator=user)
+            .order_by("-created_at", "-id")
+            .first()
+        )
+        if annotation is None:
+            raise NothingToUndo("There is nothing to undo in this project.")
+        gold = GoldLabel.objects.filter(item_id=annotation.item_id).first()
+        if gold is not None and gold.source != GoldLabel.Source.CONSENSUS:
+            raise NothingToUndo("That item has already been reviewed; ask a reviewer to change it.")
+        if gold is not None:
+            gold.delete()
+        annotation.delete()
+        Item.objects.filter(pk=annotation.item_id).update(
+            annotation_count=F("annotation_count") - 1, status=Item.Status.OPEN
+        )
+        now = timezone.now()
+        first_live = (
+            Assignment.objects.filter(project=project, annotator=user, status=Assignment.Status.LEASED)
+            .order_by("leased_at")
+            .values_list("leased_at", flat=True)
+            .first()
+        )
+        lease = Assignment.objects.select_for_update().get(item_id=annotation.item_id, annotator=user)
+        lease.status = Assignment.Status.LEASED
+        # Ordered before the other live leases, so the undone item is the one on screen.
+        lease.leased_at = min(now, first_live - timedelta(milliseconds=1)) if first_live else now
+        lease.expires_at = _lease_expiry(project, now)
+        lease.save(update_fields=["status", "leased_at", "expires_at"])
+    return lease
+
+
+# --- projects and members ---------------------------------------------------------------------
+
+
+def create_project(name: str, slug: str, categories: list[str] | None = None, **settings_) -> Project:
+    names = categories or DEFAULT_CATEGORIES
+    if len(names) > 9:
+        raise ValueError("A project has at most 9 categories (keys 1..9).")
+    with transaction.atomic():
+        project = Project.objects.create(name=name, slug=slug, **settings_)
+        Category.objects.bulk_create(
+            Category(project=project, name=n, shortcut=str(i + 1), order=i) for i, n in enumerate(names)
+        )
+    return project
+
+
+def add_member(project: Project, user, role: str = Role.ANNOTATOR) -> Membership:
+    membership, _ = Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})
+    return membership
+
+
+def recount_progress(project: Project) -> dict:
+    """Refresh the project's progress figures (run by a Celery task, not on page views)."""
+    counts = dict(
+        Item.objects.filter(project=project).values_list("status").annotate(n=Count("id"))
+    )
+    progress = {
+        "items": sum(counts.values()),
+        "open": counts.get(Item.Status.OPEN, 0),
+        "completed": counts.get(Item.Status.COMPLETED, 0),
+        "gold": counts.get(Item.Status.GOLD, 0),
+        "annotations": Annotation.objects.filter(project=project).count(),
+        "counted_at": timezone.now().isoformat(),
+    }
+    Project.objects.filter(pk=project.pk).update(progress=progress)
+    return progress
+
+
+def update_project_settings(project: Project, form) -> Project:
+    """Save the settings form; changed guidelines start a new guidelines version, so every later
+    annotation and gold label records which text was in force."""
+    with transaction.atomic(durable=True):
+        before = Project.objects.select_for_update().get(pk=project.pk)
+        project = form.save(commit=False)
+        if project.guidelines != before.guidelines:
+            project.guidelines_version = before.guidelines_version + 1
+        k_changed = project.annotations_per_item != before.annotations_per_item
+        project.save()
+        if k_changed:
+            _reopen_slots_for_new_k(project, project.annotations_per_item - before.annotations_per_item)
+    return project
+
+
+def _reopen_slots_for_new_k(project: Project, delta: int) -> None:
+    """A changed k changes how many more annotations each open item needs."""
+    open_items = Item.objects.filter(project=project, status=Item.Status.OPEN)
+    if delta > 0:
+        open_items.update(open_slots=F("open_slots") + delta)
+        return
+    # Never below zero: leases already out keep their slot and finish normally.
+    shrink = -delta
+    open_items.filter(open_slots__lt=shrink).update(open_slots=0)
+    open_items.filter(open_slots__gte=shrink).update(open_slots=F("open_slots") - shrink)

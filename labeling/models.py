@@ -1,0 +1,263 @@
+"""Labeling domain: projects, categories, members, items, leases, annotations, gold labels.
+
+State and the rules derived from it live here; every write goes through `labeling.actions`.
+"""
+import hashlib
+import re
+import unicodedata
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+DEFAULT_CATEGORIES = ["natural-language-processing", "computer-vision", "mlops", "other"]
+
+
+class Role(models.TextChoices):
+    ANNOTATOR = "annotator"
+    REVIEWER = "reviewer"
+    ADMIN = "admin"
+
+
+# Each role includes the powers of the roles before it.
+ROLE_RANK = {Role.ANNOTATOR: 1, Role.REVIEWER: 2, Role.ADMIN: 3}
+
+
+class ReviewPolicy(models.TextChoices):
+    ALL = "all", "review every completed item"
+    SAMPLE = "sample", "review a random sample"
+    DISAGREEMENTS = "disagreements", "review disagreements only"
+
+
+class Project(models.Model):
+    class Mode(models.TextChoices):
+        SINGLE = "single", "single-label"
+        MULTI = "multi", "multi-label"
+
+    class Order(models.TextChoices):
+        SEQUENTIAL = "sequential"
+        RANDOM = "random"
+
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    guidelines = models.TextField(blank=True)
+    guidelines_version = models.PositiveIntegerField(default=1)
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.SINGLE)
+    annotations_per_item = models.PositiveSmallIntegerField(
+        default=1, help_text="k: independent annotations each item needs, from k different people."
+    )
+    order = models.CharField(max_length=20, choices=Order.choices, default=Order.SEQUENTIAL)
+    lease_minutes = models.PositiveIntegerField(default=settings.LABELLOOP["LEASE_MINUTES"])
+    review_policy = models.CharField(max_length=20, choices=ReviewPolicy.choices, default=ReviewPolicy.DISAGREEMENTS)
+    review_sample_percent = models.PositiveSmallIntegerField(default=10)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Progress figures kept by a Celery task, so pages never count the whole item table.
+    progress = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(annotations_per_item__gte=1), name="project_k_at_least_one"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def category_by_key(self) -> dict[str, "Category"]:
+        return {c.shortcut: c for c in self.categories.all()}
+
+
+class Category(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="categories")
+    name = models.CharField(max_length=100)
+    shortcut = models.CharField(max_length=1, help_text="Key 1..9 that chooses this category.")
+    order = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["order", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="category_unique_name"),
+            models.UniqueConstraint(fields=["project", "shortcut"], name="category_unique_key"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, choices=Role.choices, default=Role.ANNOTATOR)
+    # Rank of the last item this person claimed: the next claim starts after it, so the cost of a
+    # claim does not grow with how many items this person has already done (k > 1).
+    queue_cursor = models.BigIntegerField(default=-(2**63))
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "project"], name="membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.role} in {self.project}"
+
+    def has_role(self, role: str) -> bool:
+        return ROLE_RANK[Role(self.role)] >= ROLE_RANK[Role(role)]
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalise_text(text: str) -> str:
+    """Case-, accent-width- and whitespace-insensitive form used to find duplicates."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().lower()
+
+
+def content_hash(title: str, text: str) -> str:
+    joined = normalise_text(title) + "\x1f" + normalise_text(text)
+    return hashlib.blake2b(joined.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class Item(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "open"  # still needs annotations
+        COMPLETED = "completed"  # has its k annotations
+        GOLD = "gold"  # has a final label
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
+    external_id = models.CharField(max_length=200, blank=True, default="")
+    title = models.TextField(blank=True)
+    text = models.TextField()
+    meta = models.JSONField(default=dict, blank=True)
+    content_hash = models.CharField(max_length=32)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    # Queue position: import sequence (sequential order) or a random number drawn once at import
+    # (random order), so serving the queue is an index range scan, never ORDER BY random().
+    rank = models.BigIntegerField()
+    # Slots still free: k - submitted annotations - live leases. Claims take a slot, expiry and
+    # skips give it back; the check constraint stops any path from over-leasing.
+    open_slots = models.PositiveSmallIntegerField()
+    annotation_count = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "content_hash"], name="item_unique_content"),
+            models.UniqueConstraint(
+                fields=["project", "external_id"],
+                condition=~Q(external_id=""),
+                name="item_unique_external_id",
+            ),
+            models.CheckConstraint(condition=Q(open_slots__gte=0), name="item_open_slots_not_negative"),
+        ]
+        indexes = [
+            # The claim query: items of a project that still have a free slot, in queue order.
+            models.Index(
+                fields=["project", "rank"], condition=Q(open_slots__gt=0), name="item_claimable"
+            ),
+            models.Index(fields=["project", "status"], name="item_status"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title[:60] or self.text[:60]
+
+    def needs_annotations(self) -> bool:
+        return self.annotation_count < self.project.annotations_per_item
+
+
+class Assignment(models.Model):
+    """One person's turn at one item: a lease until submitted, skipped or expired."""
+
+    class Status(models.TextChoices):
+        LEASED = "leased"
+        SUBMITTED = "submitted"
+        SKIPPED = "skipped"
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.LEASED)
+    leased_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            # Last line of defence: one person never gets the same item twice.
+            models.UniqueConstraint(fields=["item", "annotator"], name="assignment_once_per_person"),
+        ]
+        indexes = [
+            models.Index(
+                fields=["annotator", "project", "leased_at"],
+                condition=Q(status="leased"),
+                name="assignment_live_by_person",
+            ),
+            models.Index(fields=["expires_at"], condition=Q(status="leased"), name="assignment_live_expiry"),
+        ]
+
+    def is_expired(self, now=None) -> bool:
+        return self.status == self.Status.LEASED and self.expires_at <= (now or timezone.now())
+
+
+class Annotation(models.Model):
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="annotations")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="annotations")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    # Category ids, sorted: one for single-label projects, one or more for multi-label.
+    categories = models.JSONField()
+    client_request_id = models.CharField(max_length=64)
+    duration_ms = models.PositiveIntegerField(default=0)
+    suggestion_shown = models.BooleanField(default=False)
+    suggested_category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model_version_id = models.BigIntegerField(null=True, blank=True)
+    guidelines_version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["item", "annotator"], name="annotation_once_per_person"),
+            models.UniqueConstraint(fields=["annotator", "client_request_id"], name="annotation_idempotent"),
+        ]
+        indexes = [models.Index(fields=["annotator", "project", "-created_at"], name="annotation_latest")]
+
+    def agrees_with(self, other: "Annotation") -> bool:
+        return sorted(self.categories) == sorted(other.categories)
+
+
+class GoldLabel(models.Model):
+    class Source(models.TextChoices):
+        IMPORT = "import"
+        CONSENSUS = "consensus"
+        REVIEW = "review"
+
+    item = models.OneToOneField(Item, on_delete=models.CASCADE, related_name="gold")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    categories = models.JSONField()
+    source = models.CharField(max_length=10, choices=Source.choices)
+    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    decided_at = models.DateTimeField(default=timezone.now)
+    guidelines_version = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "decided_at"], name="gold_by_project")]
+
+
+class ImportJob(models.Model):
+    """One import, kept for the history page and so errors can be shown after the fact."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="imports")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    filename = models.CharField(max_length=255)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    created = models.PositiveIntegerField(default=0)
+    duplicates = models.PositiveIntegerField(default=0)
+    gold_labels = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
