@@ -1,0 +1,61 @@
+import os
+
+import pytest
+from django.db import connection
+
+from tests import services
+
+ON_CI = os.environ.get("CI") == "true"
+
+
+def require(available: bool, what: str) -> None:
+    """Skip a test whose service is missing, except under CI=true, where that is a failure."""
+    if available:
+        return
+    if ON_CI:
+        pytest.fail(f"{what} is not available and CI=true: this test must run.")
+    pytest.skip(f"{what} is not available")
+
+
+def is_postgres() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def pytest_collection_modifyitems(config, items):
+    # PostgreSQL-only tests run in the PostgreSQL pass of `make test`; the browser test runs in
+    # the SQLite pass (once is enough, it drives the same views).
+    postgres_pass = os.environ.get("DATABASE_URL", "").startswith("postgres")
+    for item in items:
+        if "postgres" in item.keywords and not postgres_pass:
+            item.add_marker(pytest.mark.skip(reason="runs in the PostgreSQL pass (make test-postgres)"))
+        if "browser" in item.keywords and postgres_pass:
+            item.add_marker(pytest.mark.skip(reason="runs in the SQLite pass"))
+
+
+@pytest.fixture
+def project(db):
+    from labeling import actions
+
+    return actions.create_project("Test project", "test")
+
+
+@pytest.fixture
+def make_user(db, django_user_model):
+    counter = {"n": 0}
+
+    def make(username=None, password="pw-for-tests-1"):
+        counter["n"] += 1
+        return django_user_model.objects.create_user(username or f"user{counter['n']}", password=password)
+
+    return make
+
+
+@pytest.fixture
+def member(project, make_user):
+    from labeling import actions
+
+    def make(role="annotator", username=None, in_project=None):
+        user = make_user(username)
+        return actions.add_member(in_project or project, user, role)
+
+    return make
