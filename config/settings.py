@@ -103,6 +103,10 @@ TEMPLATES = [
 ]
 
 
+# Lets several test runs share one machine without sharing a test database.
+TEST_DB_SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
+
+
 def database_from_url(url: str) -> dict:
     config = dj_database_url.parse(url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))
     if config["ENGINE"] == "django.db.backends.sqlite3":
@@ -116,7 +120,9 @@ def database_from_url(url: str) -> dict:
             "timeout": 30,
         }
         # A file, not :memory:, so a Celery worker or live server in another process sees it.
-        config["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+        config["TEST"] = {"NAME": str(VAR_DIR / f"test{TEST_DB_SUFFIX}.sqlite3")}
+    else:
+        config["TEST"] = {"NAME": f"test_{config['NAME']}{TEST_DB_SUFFIX}"}
     return config
 
 
