@@ -10,11 +10,12 @@ On PostgreSQL the claim locks one row with FOR UPDATE SKIP LOCKED, so concurrent
 other; on SQLite every write transaction starts IMMEDIATE (see settings), so writers are serialised.
 """
 import random
+from collections import Counter
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, F, OuterRef
+from django.db.models import Count, Exists, F, Max, Min, OuterRef
 from django.utils import timezone
 
 from .models import (
@@ -23,11 +24,14 @@ from .models import (
     DEFAULT_CATEGORIES,
     Category,
     GoldLabel,
+    GuidelineVersion,
     Item,
     Membership,
     Project,
     ReviewPolicy,
+    ReviewQueue,
     Role,
+    Split,
 )
 
 
@@ -71,8 +75,15 @@ def claim_stage(membership: Membership, depth: int | None = None) -> list[Assign
 
 
 def claim_next_item(membership: Membership, now=None) -> Assignment | None:
-    """Lease the next item this person may annotate, or None when the queue is empty for them."""
+    """Lease the next item this person may annotate, or None when the queue is empty for them.
+
+    At the project's honeypot rate the next item is instead a known-gold check, chosen at random
+    from gold training items this person has never seen."""
     now = now or timezone.now()
+    if random.random() * 100 < membership.project.honeypot_percent:
+        lease = _claim_honeypot(membership, now)
+        if lease is not None:
+            return lease
     lease = _claim_after(membership, membership.queue_cursor, now)
     if lease is None:
         # Items behind the cursor can free up again (an expired lease, a rejected review);
@@ -86,24 +97,55 @@ def _claim_after(membership: Membership, cursor: int | None, now) -> Assignment 
     project, user = membership.project, membership.user
     with transaction.atomic(durable=True):
         candidates = Item.objects.filter(project=project, open_slots__gt=0).exclude(
-            Exists(Assignment.objects.filter(item=OuterRef("pk"), annotator=user))
+            Exists(Assignment.objects.filter(item=OuterRef("pk"), annotator=user, round=OuterRef("round")))
         )
         if cursor is not None:
             candidates = candidates.filter(rank__gt=cursor)
         item = (
             candidates.order_by("rank")
             .select_for_update(skip_locked=True, of=("self",))
-            .only("id", "rank", "project_id")
+            .only("id", "rank", "round", "project_id")
             .first()
         )
         if item is None:
             return None
         Item.objects.filter(pk=item.pk).update(open_slots=F("open_slots") - 1)
         lease = Assignment.objects.create(
-            item=item, annotator=user, project=project, leased_at=now, expires_at=_lease_expiry(project, now)
+            item=item, annotator=user, project=project, round=item.round,
+            leased_at=now, expires_at=_lease_expiry(project, now),
         )
         Membership.objects.filter(pk=membership.pk).update(queue_cursor=item.rank)
         membership.queue_cursor = item.rank
+    lease.item = Item.objects.get(pk=item.pk)
+    return lease
+
+
+def _claim_honeypot(membership: Membership, now) -> Assignment | None:
+    project, user = membership.project, membership.user
+    start = random.getrandbits(62) if project.order == Project.Order.RANDOM else 0
+    unseen = Item.objects.filter(project=project, status=Item.Status.GOLD, split=Split.TRAIN).exclude(
+        Exists(Assignment.objects.filter(item=OuterRef("pk"), annotator=user))
+    )
+    if project.order != Project.Order.RANDOM:
+        # Sequential ranks are dense: draw the starting point within them.
+        bounds = unseen.aggregate(low=Min("rank"), high=Max("rank"))
+        if bounds["low"] is None:
+            return None
+        start = random.randint(bounds["low"], bounds["high"])
+    item = (
+        unseen.filter(rank__gte=start).order_by("rank").only("id", "round").first()
+        or unseen.filter(rank__lt=start).order_by("rank").only("id", "round").first()
+    )
+    if item is None:
+        return None
+    try:
+        with transaction.atomic(durable=True):
+            lease = Assignment.objects.create(
+                item=item, annotator=user, project=project, round=item.round, is_honeypot=True,
+                leased_at=now, expires_at=_lease_expiry(project, now),
+            )
+    except IntegrityError:
+        return None  # the same check was just handed out in another tab
     lease.item = Item.objects.get(pk=item.pk)
     return lease
 
@@ -118,15 +160,24 @@ def release_expired_leases(now=None, project: Project | None = None, batch: int 
             if project is not None:
                 expired = expired.filter(project=project)
             rows = list(
-                expired.select_for_update(skip_locked=True).values_list("id", "item_id")[:batch]
+                expired.select_for_update(skip_locked=True).values_list("id", "item_id", "is_honeypot")[:batch]
             )
             if not rows:
                 return released
             Assignment.objects.filter(id__in=[r[0] for r in rows]).delete()
-            for item_id in {r[1] for r in rows}:
-                freed = sum(1 for r in rows if r[1] == item_id)
-                Item.objects.filter(pk=item_id).update(open_slots=F("open_slots") + freed)
+            freed = Counter(item_id for _, item_id, honeypot in rows if not honeypot)
+            for item_id, slots in freed.items():
+                Item.objects.filter(pk=item_id).update(open_slots=F("open_slots") + slots)
+            _pull_back_cursors(Item.objects.filter(pk__in=list(freed)))
             released += len(rows)
+
+
+def _pull_back_cursors(items) -> None:
+    """Items freed behind people's queue cursors are served next, not after the whole queue."""
+    for row in items.values("project_id").annotate(low=Min("rank")).order_by():
+        Membership.objects.filter(project_id=row["project_id"], queue_cursor__gte=row["low"]).update(
+            queue_cursor=row["low"] - 1
+        )
 
 
 # --- submitting -------------------------------------------------------------------------------
@@ -155,6 +206,8 @@ def submit_annotation(
         with transaction.atomic(durable=True):
             lease = _lease_for_submit(project, user, item_id)
             annotation = Annotation.objects.create(
+                round=lease.round,
+                is_honeypot=lease.is_honeypot,
                 item_id=item_id,
                 annotator=user,
                 project=project,
@@ -167,7 +220,8 @@ def submit_annotation(
                 guidelines_version=project.guidelines_version,
             )
             Assignment.objects.filter(pk=lease.pk).update(status=Assignment.Status.SUBMITTED)
-            _record_annotation_on_item(project, item_id)
+            if not lease.is_honeypot:
+                _record_annotation_on_item(project, item_id)
     except IntegrityError:
         # A concurrent retry of the same keypress won the race: hand back what it stored.
         previous = _earlier_submission(user, client_request_id, item_id)
@@ -201,8 +255,14 @@ def _lease_for_submit(project: Project, user, item_id: int) -> Assignment:
     lease = (
         Assignment.objects.select_for_update()
         .filter(project=project, annotator=user, item_id=item_id)
+        .order_by("-round")
         .first()
     )
+    current_round = Item.objects.filter(pk=item_id, project=project).values_list("round", flat=True).first()
+    if current_round is None:
+        raise QueueError(f"No item {item_id} in project {project.slug}.")
+    if lease is not None and lease.round != current_round and not lease.is_honeypot:
+        lease = None  # a reviewer rejected that round; this is a fresh turn at the item
     if lease is not None:
         if lease.status == Assignment.Status.SUBMITTED:
             raise QueueError("You have already labeled this item.")
@@ -220,33 +280,50 @@ def _lease_for_submit(project: Project, user, item_id: int) -> Assignment:
             "stored. Carry on with the next item."
         )
     return Assignment.objects.create(
-        item_id=item_id, annotator=user, project=project, leased_at=now, expires_at=_lease_expiry(project, now)
+        item_id=item_id, annotator=user, project=project, round=current_round,
+        leased_at=now, expires_at=_lease_expiry(project, now),
     )
 
 
 def _record_annotation_on_item(project: Project, item_id: int) -> None:
     Item.objects.filter(pk=item_id).update(annotation_count=F("annotation_count") + 1)
-    item = Item.objects.only("id", "annotation_count", "status").get(pk=item_id)
+    item = Item.objects.only("id", "annotation_count", "status", "round").get(pk=item_id)
     if item.annotation_count >= project.annotations_per_item and item.status == Item.Status.OPEN:
         _complete_item(project, item)
 
 
 def _complete_item(project: Project, item: Item) -> None:
-    """All k annotations are in: the item is gold by consensus where the policy allows it,
-    otherwise it waits in the review queue."""
-    labels = list(Annotation.objects.filter(item=item).values_list("categories", flat=True))
+    """All k annotations are in: gold by consensus where the review policy allows it, otherwise
+    the item waits in a review queue (disagreements always do)."""
+    labels = list(
+        Annotation.objects.filter(item=item, round=item.round, is_honeypot=False).values_list("categories", flat=True)
+    )
     agreed = all(sorted(lab) == sorted(labels[0]) for lab in labels)
     if agreed and not _needs_review(project):
-        GoldLabel.objects.create(
-            item=item,
-            project=project,
-            categories=sorted(labels[0]),
-            source=GoldLabel.Source.CONSENSUS,
-            guidelines_version=project.guidelines_version,
-        )
-        Item.objects.filter(pk=item.pk).update(status=Item.Status.GOLD)
-    else:
-        Item.objects.filter(pk=item.pk).update(status=Item.Status.COMPLETED)
+        make_gold(project, item, labels[0], GoldLabel.Source.CONSENSUS)
+        return
+    queue = ReviewQueue.REVIEW if agreed else ReviewQueue.DISAGREEMENT
+    Item.objects.filter(pk=item.pk).update(status=Item.Status.COMPLETED, review_queue=queue)
+
+
+def make_gold(project: Project, item: Item, categories, source: str, decided_by=None, review=None) -> GoldLabel:
+    """Record the item's final label with its provenance; the holdout split, once made, stays."""
+    gold, _ = GoldLabel.objects.update_or_create(
+        item=item,
+        defaults={
+            "project": project,
+            "categories": sorted(categories),
+            "source": source,
+            "decided_by": decided_by,
+            "decided_at": timezone.now(),
+            "guidelines_version": project.guidelines_version,
+            "review": review,
+        },
+    )
+    Item.objects.filter(pk=item.pk).update(
+        status=Item.Status.GOLD, review_queue=ReviewQueue.NONE, review_leased_to=None, review_lease_expires=None
+    )
+    return gold
 
 
 def _needs_review(project: Project) -> bool:
@@ -282,15 +359,9 @@ def undo_last_annotation(membership: Membership) -> Assignment:
         )
         if annotation is None:
             raise NothingToUndo("There is nothing to undo in this project.")
-        gold = GoldLabel.objects.filter(item_id=annotation.item_id).first()
-        if gold is not None and gold.source != GoldLabel.Source.CONSENSUS:
-            raise NothingToUndo("That item has already been reviewed; ask a reviewer to change it.")
-        if gold is not None:
-            gold.delete()
+        if not annotation.is_honeypot:
+            _take_back_from_item(annotation)
         annotation.delete()
-        Item.objects.filter(pk=annotation.item_id).update(
-            annotation_count=F("annotation_count") - 1, status=Item.Status.OPEN
-        )
         now = timezone.now()
         first_live = (
             Assignment.objects.filter(project=project, annotator=user, status=Assignment.Status.LEASED)
@@ -298,13 +369,31 @@ def undo_last_annotation(membership: Membership) -> Assignment:
             .values_list("leased_at", flat=True)
             .first()
         )
-        lease = Assignment.objects.select_for_update().get(item_id=annotation.item_id, annotator=user)
+        lease = Assignment.objects.select_for_update().get(
+            item_id=annotation.item_id, annotator=user, round=annotation.round
+        )
         lease.status = Assignment.Status.LEASED
         # Ordered before the other live leases, so the undone item is the one on screen.
         lease.leased_at = min(now, first_live - timedelta(milliseconds=1)) if first_live else now
         lease.expires_at = _lease_expiry(project, now)
         lease.save(update_fields=["status", "leased_at", "expires_at"])
     return lease
+
+
+def _take_back_from_item(annotation: Annotation) -> None:
+    item = Item.objects.select_for_update().get(pk=annotation.item_id)
+    if annotation.rejected or item.round != annotation.round:
+        raise NothingToUndo("A reviewer already sent that item back for fresh labels; it cannot be undone.")
+    gold = GoldLabel.objects.filter(item=item).first()
+    if gold is not None and gold.source != GoldLabel.Source.CONSENSUS:
+        raise NothingToUndo("That item has already been reviewed; ask a reviewer to change it.")
+    if item.review_leased_to_id is not None and item.review_queue != ReviewQueue.NONE:
+        raise NothingToUndo("A reviewer is looking at that item right now; it cannot be undone.")
+    if gold is not None:
+        gold.delete()
+    Item.objects.filter(pk=item.pk).update(
+        annotation_count=F("annotation_count") - 1, status=Item.Status.OPEN, review_queue=ReviewQueue.NONE
+    )
 
 
 # --- projects and members ---------------------------------------------------------------------
@@ -316,6 +405,7 @@ def create_project(name: str, slug: str, categories: list[str] | None = None, **
         raise ValueError("A project has at most 9 categories (keys 1..9).")
     with transaction.atomic():
         project = Project.objects.create(name=name, slug=slug, **settings_)
+        GuidelineVersion.objects.create(project=project, version=project.guidelines_version, text=project.guidelines)
         Category.objects.bulk_create(
             Category(project=project, name=n, shortcut=str(i + 1), order=i) for i, n in enumerate(names)
         )
@@ -344,7 +434,7 @@ def recount_progress(project: Project) -> dict:
     return progress
 
 
-def update_project_settings(project: Project, form) -> Project:
+def update_project_settings(project: Project, form, editor=None) -> Project:
     """Save the settings form; changed guidelines start a new guidelines version, so every later
     annotation and gold label records which text was in force."""
     with transaction.atomic(durable=True):
@@ -352,6 +442,9 @@ def update_project_settings(project: Project, form) -> Project:
         project = form.save(commit=False)
         if project.guidelines != before.guidelines:
             project.guidelines_version = before.guidelines_version + 1
+            GuidelineVersion.objects.create(
+                project=project, version=project.guidelines_version, text=project.guidelines, created_by=editor
+            )
         k_changed = project.annotations_per_item != before.annotations_per_item
         project.save()
         if k_changed:

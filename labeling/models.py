@@ -51,6 +51,12 @@ class Project(models.Model):
     lease_minutes = models.PositiveIntegerField(default=settings.LABELLOOP["LEASE_MINUTES"])
     review_policy = models.CharField(max_length=20, choices=ReviewPolicy.choices, default=ReviewPolicy.DISAGREEMENTS)
     review_sample_percent = models.PositiveSmallIntegerField(default=10)
+    holdout_percent = models.PositiveSmallIntegerField(
+        default=20, help_text="Share of gold items frozen as the evaluation holdout (never trained on)."
+    )
+    honeypot_percent = models.PositiveSmallIntegerField(
+        default=5, help_text="Share of an annotator's items that are known-gold checks."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     # Progress figures kept by a Celery task, so pages never count the whole item table.
     progress = models.JSONField(default=dict, blank=True)
@@ -112,9 +118,31 @@ def normalise_text(text: str) -> str:
     return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip().lower()
 
 
+_NOT_ALNUM = re.compile(r"[\W_]+")
+
+
+def near_dup_key(title: str, text: str) -> str:
+    """Items that differ only in case, spacing or punctuation share this key."""
+    joined = _NOT_ALNUM.sub("", normalise_text(title) + normalise_text(text))
+    return hashlib.blake2b(joined.encode("utf-8"), digest_size=16).hexdigest()
+
+
 def content_hash(title: str, text: str) -> str:
     joined = normalise_text(title) + "\x1f" + normalise_text(text)
     return hashlib.blake2b(joined.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class ReviewQueue(models.TextChoices):
+    NONE = "", "not queued"
+    REVIEW = "review", "to review"
+    DISAGREEMENT = "disagreement", "disagreements"
+    SUSPECTED = "suspected", "suspected errors"
+
+
+class Split(models.TextChoices):
+    NONE = "", "not assigned"
+    TRAIN = "train"
+    HOLDOUT = "holdout"
 
 
 class Item(models.Model):
@@ -137,6 +165,17 @@ class Item(models.Model):
     # skips give it back; the check constraint stops any path from over-leasing.
     open_slots = models.PositiveSmallIntegerField()
     annotation_count = models.PositiveSmallIntegerField(default=0)
+    # Annotation round: a reviewer's rejection starts a new round with fresh annotations; the
+    # rejected round's annotations stay in history.
+    round = models.PositiveSmallIntegerField(default=0)
+    review_queue = models.CharField(max_length=12, choices=ReviewQueue.choices, default=ReviewQueue.NONE)
+    review_leased_to = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    review_lease_expires = models.DateTimeField(null=True, blank=True)
+    split = models.CharField(max_length=8, choices=Split.choices, default=Split.NONE)
+    # Letters and digits of title + text only: near-duplicates share it and so share a split.
+    near_dup_key = models.CharField(max_length=32, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -155,6 +194,18 @@ class Item(models.Model):
                 fields=["project", "rank"], condition=Q(open_slots__gt=0), name="item_claimable"
             ),
             models.Index(fields=["project", "status"], name="item_status"),
+            # Review queues, served in rank order like the annotation queue.
+            models.Index(
+                fields=["project", "review_queue", "rank"],
+                condition=~Q(review_queue=""),
+                name="item_review_queue",
+            ),
+            # Honeypots: gold training items, found from a random rank without a scan.
+            models.Index(
+                fields=["project", "rank"], condition=Q(status="gold", split="train"), name="item_honeypot"
+            ),
+            models.Index(fields=["project", "split"], condition=~Q(split=""), name="item_split"),
+            models.Index(fields=["project", "near_dup_key"], condition=~Q(near_dup_key=""), name="item_near_dup"),
         ]
 
     def __str__(self) -> str:
@@ -176,13 +227,16 @@ class Assignment(models.Model):
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.LEASED)
+    round = models.PositiveSmallIntegerField(default=0)
+    # A known-gold check mixed into the queue: it takes no slot and changes no counts.
+    is_honeypot = models.BooleanField(default=False)
     leased_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
 
     class Meta:
         constraints = [
-            # Last line of defence: one person never gets the same item twice.
-            models.UniqueConstraint(fields=["item", "annotator"], name="assignment_once_per_person"),
+            # Last line of defence: one person never gets the same item twice in a round.
+            models.UniqueConstraint(fields=["item", "annotator", "round"], name="assignment_once_per_person"),
         ]
         indexes = [
             models.Index(
@@ -208,12 +262,17 @@ class Annotation(models.Model):
     suggestion_shown = models.BooleanField(default=False)
     suggested_category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     model_version_id = models.BigIntegerField(null=True, blank=True)
+    suggestion = models.JSONField(null=True, blank=True, help_text="Probabilities shown, by category id.")
     guidelines_version = models.PositiveIntegerField(default=1)
+    round = models.PositiveSmallIntegerField(default=0)
+    is_honeypot = models.BooleanField(default=False)
+    # Set when a reviewer rejects the round: kept as history, no longer counts.
+    rejected = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["item", "annotator"], name="annotation_once_per_person"),
+            models.UniqueConstraint(fields=["item", "annotator", "round"], name="annotation_once_per_person"),
             models.UniqueConstraint(fields=["annotator", "client_request_id"], name="annotation_idempotent"),
         ]
         indexes = [models.Index(fields=["annotator", "project", "-created_at"], name="annotation_latest")]
@@ -235,9 +294,50 @@ class GoldLabel(models.Model):
     decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     decided_at = models.DateTimeField(default=timezone.now)
     guidelines_version = models.PositiveIntegerField(default=1)
+    review = models.ForeignKey("Review", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
         indexes = [models.Index(fields=["project", "decided_at"], name="gold_by_project")]
+
+
+class Review(models.Model):
+    class Decision(models.TextChoices):
+        APPROVE = "approve"
+        CORRECT = "correct"
+        REJECT = "reject"
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="reviews")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="reviews")
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    categories = models.JSONField(default=list, blank=True)
+    queue = models.CharField(max_length=12, choices=ReviewQueue.choices, default=ReviewQueue.REVIEW)
+    round = models.PositiveSmallIntegerField(default=0)
+    note = models.TextField(blank=True)
+    client_request_id = models.CharField(max_length=64)
+    guidelines_version = models.PositiveIntegerField(default=1)
+    duration_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["reviewer", "client_request_id"], name="review_idempotent"),
+        ]
+        indexes = [models.Index(fields=["project", "-created_at"], name="review_latest")]
+
+
+class GuidelineVersion(models.Model):
+    """Every saved text of a project's guidelines; annotations and gold labels cite the version."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="guideline_versions")
+    version = models.PositiveIntegerField()
+    text = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-version"]
+        constraints = [models.UniqueConstraint(fields=["project", "version"], name="guideline_version_unique")]
 
 
 class ImportJob(models.Model):

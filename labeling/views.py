@@ -194,7 +194,7 @@ def settings_page(request, slug):
     project = membership.project
     form = ProjectSettingsForm(request.POST or None, instance=project)
     if request.method == "POST" and form.is_valid():
-        actions.update_project_settings(project, form)
+        actions.update_project_settings(project, form, editor=request.user)
         messages.success(request, "Settings saved.")
         return redirect("settings", slug=slug)
     return render(request, "labeling/settings.html", {"project": project, "membership": membership, "form": form})
