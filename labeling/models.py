@@ -38,6 +38,7 @@ class Project(models.Model):
     class Order(models.TextChoices):
         SEQUENTIAL = "sequential"
         RANDOM = "random"
+        UNCERTAINTY = "uncertainty", "uncertainty (active learning)"
 
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=100, unique=True)
@@ -56,6 +57,16 @@ class Project(models.Model):
     )
     honeypot_percent = models.PositiveSmallIntegerField(
         default=5, help_text="Share of an annotator's items that are known-gold checks."
+    )
+    # Modeling settings (used by modeling/): sampling order, retraining cadence, suggestions.
+    retrain_every = models.PositiveIntegerField(
+        default=50, help_text="Queue a training run after this many new gold labels (0: never automatically)."
+    )
+    promotion_margin = models.FloatField(
+        default=0.01, help_text="A new model replaces the active one unless its holdout weighted F1 is lower by more than this."
+    )
+    blind_control_percent = models.PositiveSmallIntegerField(
+        default=10, help_text="Share of items shown without a suggestion, to measure the suggestions' influence."
     )
     created_at = models.DateTimeField(default=timezone.now)
     # Progress figures kept by a Celery task, so pages never count the whole item table.
