@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "csp",
     "labeling",
     "modeling",
 ]
@@ -82,6 +83,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "csp.middleware.CSPMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -168,6 +170,11 @@ LABELLOOP = {
     "IMPORT_BATCH_SIZE": env_int("IMPORT_BATCH_SIZE", 5000),
     # Leases an annotator holds at once: the item on screen plus one prefetched behind it.
     "PREFETCH_DEPTH": 2,
+    "MODEL_DIR": os.environ.get("MODEL_DIR", str(VAR_DIR / "models")),
+    # Training runs: Celery soft/hard limits (seconds); a run past the hard limit is presumed dead.
+    "TRAIN_SOFT_TIME_LIMIT": env_int("TRAIN_SOFT_TIME_LIMIT", 900),
+    "TRAIN_TIME_LIMIT": env_int("TRAIN_TIME_LIMIT", 960),
+    "PREDICT_CHUNK": env_int("PREDICT_CHUNK", 5000),
 }
 
 # --- REST API ---------------------------------------------------------------
@@ -218,6 +225,23 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "inte
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "release-expired-leases": {"task": "labeling.tasks.release_expired_leases", "schedule": 60.0},
+}
+
+# --- Content Security Policy (enforced, not report-only) --------------------------------------
+# No inline scripts or styles anywhere: htmx's own indicator style is switched off in base.html.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
 }
 
 # --- Security (production) --------------------------------------------------

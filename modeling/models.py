@@ -61,7 +61,7 @@ class ModelVersion(models.Model):
     trigger = models.CharField(max_length=12, choices=Trigger.choices, default=Trigger.BUTTON)
     # Hash of the training set (item ids, labels, texts): a duplicated or retried run of the same
     # data finds its twin and does no work twice.
-    snapshot_hash = models.CharField(max_length=64)
+    snapshot_hash = models.CharField(max_length=64, blank=True, default="")
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
     progress = models.PositiveSmallIntegerField(default=0, help_text="0..100 for the progress bar")
     algorithm = models.CharField(max_length=50, blank=True)
@@ -87,7 +87,9 @@ class ModelVersion(models.Model):
         ordering = ["-number"]
         constraints = [
             models.UniqueConstraint(fields=["project", "number"], name="model_version_number"),
-            models.UniqueConstraint(fields=["project", "snapshot_hash"], name="model_version_snapshot"),
+            models.UniqueConstraint(
+                fields=["project", "snapshot_hash"], condition=~Q(snapshot_hash=""), name="model_version_snapshot"
+            ),
             # One serving model per project.
             models.UniqueConstraint(fields=["project"], condition=Q(active=True), name="model_version_one_active"),
             # One run in flight per project.

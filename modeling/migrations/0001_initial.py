@@ -22,7 +22,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('number', models.PositiveIntegerField()),
                 ('trigger', models.CharField(choices=[('gold_count', 'new gold labels'), ('schedule', 'Schedule'), ('button', 'admin button'), ('command', 'command line'), ('api', 'Api')], default='button', max_length=12)),
-                ('snapshot_hash', models.CharField(max_length=64)),
+                ('snapshot_hash', models.CharField(blank=True, default='', max_length=64)),
                 ('status', models.CharField(choices=[('queued', 'Queued'), ('vectorising', 'Vectorising'), ('training', 'Training'), ('evaluating', 'Evaluating'), ('predicting', 'Predicting'), ('done', 'Done'), ('failed', 'Failed')], default='queued', max_length=12)),
                 ('progress', models.PositiveSmallIntegerField(default=0, help_text='0..100 for the progress bar')),
                 ('algorithm', models.CharField(blank=True, max_length=50)),
@@ -118,7 +118,7 @@ class Migration(migrations.Migration):
         ),
         migrations.AddConstraint(
             model_name='modelversion',
-            constraint=models.UniqueConstraint(fields=('project', 'snapshot_hash'), name='model_version_snapshot'),
+            constraint=models.UniqueConstraint(condition=models.Q(('snapshot_hash', ''), _negated=True), fields=('project', 'snapshot_hash'), name='model_version_snapshot'),
         ),
         migrations.AddConstraint(
             model_name='modelversion',
