@@ -84,6 +84,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "csp.middleware.CSPMiddleware",
+    "config.middleware.DatabaseUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -110,7 +111,8 @@ TEST_DB_SUFFIX = os.environ.get("TEST_DB_SUFFIX", "")
 
 
 def database_from_url(url: str) -> dict:
-    config = dj_database_url.parse(url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))
+    # Health checks make a request after a database restart reconnect instead of failing.
+    config = dj_database_url.parse(url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60), conn_health_checks=True)
     if config["ENGINE"] == "django.db.backends.sqlite3":
         config["CONN_MAX_AGE"] = 0
         config["OPTIONS"] = {
@@ -175,6 +177,11 @@ LABELLOOP = {
     "TRAIN_SOFT_TIME_LIMIT": env_int("TRAIN_SOFT_TIME_LIMIT", 900),
     "TRAIN_TIME_LIMIT": env_int("TRAIN_TIME_LIMIT", 960),
     "PREDICT_CHUNK": env_int("PREDICT_CHUNK", 5000),
+    # Gold exports: bigger than EXPORT_ASYNC_ROWS runs as a Celery job writing under EXPORT_DIR
+    # (web and workers must share that folder); rows are read EXPORT_CHUNK_ROWS at a time.
+    "EXPORT_DIR": os.environ.get("EXPORT_DIR", str(VAR_DIR / "exports")),
+    "EXPORT_ASYNC_ROWS": env_int("EXPORT_ASYNC_ROWS", 50_000),
+    "EXPORT_CHUNK_ROWS": env_int("EXPORT_CHUNK_ROWS", 5000),
 }
 
 # --- REST API ---------------------------------------------------------------
