@@ -1,16 +1,42 @@
-"""Celery tasks: thin, take ids, call actions."""
+"""Celery tasks: thin, take ids, call actions. Queue them with `delay_on_commit`."""
+import functools
+import logging
+
 from celery import shared_task
+from celery.contrib.django.task import DjangoTask
+from django.db import transaction
+from kombu.exceptions import OperationalError
 
 from . import actions
 from .models import Project
+from .tasks_export import run_export_job  # noqa: F401  (registers it: Celery autodiscovers `tasks` only)
+
+log = logging.getLogger(__name__)
 
 
-@shared_task
+class RefreshTask(DjangoTask):
+    """A task whose work is done again later anyway (a recount, a sweep): queueing it never fails
+    or holds up the caller. With the broker down the message is dropped and logged; the broker's
+    connect and socket timeouts (settings) bound how long a publish can wait."""
+
+    def delay_on_commit(self, *args, **kwargs) -> None:
+        transaction.on_commit(functools.partial(self._publish_or_log, args, kwargs))
+
+    def _publish_or_log(self, args, kwargs) -> None:
+        try:
+            self.apply_async(args, kwargs)
+        except OperationalError as exc:
+            log.warning(
+                "Could not queue %s%r, the broker is unreachable (%s); it runs again later.", self.name, args, exc
+            )
+
+
+@shared_task(base=RefreshTask)
 def recount_progress(project_id: int) -> dict:
     project = Project.objects.filter(pk=project_id).first()
     return actions.recount_progress(project) if project else {}
 
 
-@shared_task
+@shared_task(base=RefreshTask)
 def release_expired_leases() -> int:
     return actions.release_expired_leases()
