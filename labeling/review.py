@@ -32,6 +32,10 @@ class ReviewError(QueueError):
     pass
 
 
+class ItemNotFound(ReviewError):
+    """The item is not in this project (callers answer 404, never reveal other projects' items)."""
+
+
 # --- claiming ---------------------------------------------------------------------------------
 
 
@@ -66,6 +70,12 @@ def claim_review(membership: Membership, queue: str, now=None) -> Item | None:
         )
         if item is None:
             return None
+        # One item per reviewer: an item held in another queue (the reviewer switched tabs) goes
+        # back at once instead of staying locked away from everyone until its lease runs out.
+        # Only live leases: expired ones are free already and may be locked by another claim.
+        Item.objects.filter(project=project, review_leased_to=user, review_lease_expires__gt=now).update(
+            review_leased_to=None, review_lease_expires=None
+        )
         item.review_leased_to = user
         item.review_lease_expires = now + timedelta(minutes=project.lease_minutes)
         item.save(update_fields=["review_leased_to", "review_lease_expires"])
@@ -103,7 +113,7 @@ def decide_review(
         raise ReviewError(f"Unknown decision {decision!r}; use approve, correct or reject.")
     if not client_request_id:
         raise ReviewError("A decision needs a client request id (any unique string per keypress).")
-    previous = Review.objects.filter(reviewer=user, client_request_id=client_request_id).first()
+    previous = _earlier_decision(user, client_request_id, item_id)
     if previous is not None:
         return previous
     if decision == Review.Decision.CORRECT:
@@ -116,26 +126,36 @@ def decide_review(
                 item=item, project=project, reviewer=user, decision=decision, categories=final or [],
                 queue=item.review_queue, round=item.round, note=note.strip()[:5000],
                 client_request_id=client_request_id, guidelines_version=project.guidelines_version,
-                duration_ms=max(0, int(duration_ms or 0)),
+                duration_ms=max(0, min(int(duration_ms or 0), 24 * 3600 * 1000)),  # fits the column
             )
             if decision == Review.Decision.REJECT:
                 _return_to_pool(project, item)
             else:
                 make_gold(project, item, final, GoldLabel.Source.REVIEW, decided_by=user, review=review)
     except IntegrityError:
-        previous = Review.objects.filter(reviewer=user, client_request_id=client_request_id).first()
+        previous = _earlier_decision(user, client_request_id, item_id)
         if previous is None:
             raise
         return previous
     return review
 
 
+def _earlier_decision(user, client_request_id: str, item_id: int) -> Review | None:
+    previous = Review.objects.filter(reviewer=user, client_request_id=client_request_id).first()
+    if previous is not None and previous.item_id != int(item_id):
+        raise ReviewError("This request id was already used for another item; send a fresh one.")
+    return previous
+
+
 def _locked_for_review(project: Project, user, item_id: int) -> Item:
     item = Item.objects.select_for_update().filter(pk=item_id, project=project).first()
     if item is None:
-        raise ReviewError(f"No item {item_id} in project {project.slug}.")
+        raise ItemNotFound(f"No item {item_id} in project {project.slug}.")
     if item.review_queue == ReviewQueue.NONE:
         raise ReviewError("This item is no longer waiting for review (someone decided it already).")
+    # The claim never offers people their own labels; a decision sent by item id must not either.
+    if Annotation.objects.filter(item=item, annotator=user, round=item.round, is_honeypot=False).exists():
+        raise ReviewError("You labeled this item yourself; another reviewer must decide it.")
     now = timezone.now()
     held_by_other = (
         item.review_leased_to_id not in (None, user.pk)
