@@ -20,6 +20,13 @@ class ProjectSettingsForm(forms.ModelForm):
             "review_sample_percent",
         ]
         widgets = {"guidelines": forms.Textarea(attrs={"rows": 12})}
+        help_texts = {
+            "guidelines": "Shown beside every item. Markdown: paragraphs, - lists, **bold**, `code`, # headings.",
+        }
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
 
     def clean_annotations_per_item(self):
         k = self.cleaned_data["annotations_per_item"]
