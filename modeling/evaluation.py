@@ -1,0 +1,173 @@
+"""Offline evaluation: the numbers a model version is judged by on the gold holdout.
+
+Plain lists in, plain JSON-ready Python out (str, int, float, None, lists and dicts), so a
+ModelVersion can store the result as it is. Nothing here knows about the ORM.
+"""
+
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
+
+from .training import MAX_TEXT_CHARS, keyword_pattern
+
+CALIBRATION_BINS = 10
+SHORT_TEXT_WORDS = 8  # titles with little or no description: where suggestions are least reliable
+
+
+def evaluate(
+    y_true: Sequence[str],
+    y_pred: Sequence[str],
+    proba: np.ndarray | Sequence[Sequence[float]] | None,
+    classes: Sequence[str],
+    texts: Sequence[str] | None = None,
+    slices: Mapping[str, Sequence[str]] | None = None,
+) -> dict:
+    """Accuracy, per-class and averaged F1, confusion matrix, calibration and slice metrics.
+
+    `proba` has one column per entry of `classes` (a model's `classes_`). `slices` maps a slice
+    name to keywords; an item belongs to the slice when its text contains any of them. The
+    built-in "short_text" slice (fewer than 8 words) is reported whenever `texts` is given.
+    """
+    y_true, y_pred = [str(y) for y in y_true], [str(y) for y in y_pred]
+    if not y_true:
+        raise ValueError("Nothing to evaluate: the holdout is empty.")
+    if len(y_pred) != len(y_true):
+        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions.")
+    labels = _label_order(classes, y_true, y_pred)
+    return {
+        "n": len(y_true),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "weighted_f1": _weighted_f1(y_true, y_pred),
+        "macro_f1": _macro_f1(y_true, y_pred),
+        "per_class": per_class_metrics(y_true, y_pred, labels),
+        "confusion_matrix": {
+            "labels": labels,
+            "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        },
+        "calibration": None if proba is None else calibration(y_true, proba, classes),
+        "slices": {} if texts is None else slice_metrics(y_true, y_pred, texts, slices),
+    }
+
+
+def _label_order(classes, y_true, y_pred) -> list[str]:
+    """The model's classes first, then any label it never saw (so no mistake goes uncounted)."""
+    known = [str(c) for c in classes]
+    return known + sorted((set(y_true) | set(y_pred)) - set(known))
+
+
+def _weighted_f1(y_true, y_pred) -> float:
+    return float(
+        f1_score(
+            y_true, y_pred, labels=_present(y_true, y_pred), average="weighted", zero_division=0
+        )
+    )
+
+
+def _macro_f1(y_true, y_pred) -> float:
+    # Over the categories present in the holdout or the predictions: a category that is in
+    # neither says nothing about this model and would only drag the mean to zero.
+    return float(
+        f1_score(y_true, y_pred, labels=_present(y_true, y_pred), average="macro", zero_division=0)
+    )
+
+
+def _present(y_true, y_pred) -> list[str]:
+    return sorted(set(y_true) | set(y_pred))
+
+
+def per_class_metrics(y_true, y_pred, labels) -> dict[str, dict]:
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    return {
+        label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+    }
+
+
+def calibration(y_true, proba, classes, bins: int = CALIBRATION_BINS) -> dict:
+    """Top-label expected calibration error and the reliability table behind it.
+
+    Each item counts once, at the confidence of its most probable class; bin i holds confidences
+    in [i/bins, (i+1)/bins), with 1.0 in the last bin. ECE is the count-weighted mean gap between
+    a bin's accuracy and its mean confidence.
+    """
+    proba = np.asarray(proba, dtype=float)
+    if proba.shape != (len(y_true), len(classes)):
+        raise ValueError(
+            f"Probabilities have shape {proba.shape}; expected ({len(y_true)}, {len(classes)})."
+        )
+    confidence = proba.max(axis=1)
+    correct = np.array(classes, dtype=object)[proba.argmax(axis=1)] == np.array(
+        y_true, dtype=object
+    )
+    which_bin = np.minimum((confidence * bins).astype(int), bins - 1)
+    table, ece = [], 0.0
+    for i in range(bins):
+        inside = which_bin == i
+        count = int(inside.sum())
+        row = {
+            "lower": i / bins,
+            "upper": (i + 1) / bins,
+            "count": count,
+            "mean_confidence": None,
+            "accuracy": None,
+        }
+        if count:
+            row["mean_confidence"] = float(confidence[inside].mean())
+            row["accuracy"] = float(correct[inside].mean())
+            ece += count / len(y_true) * abs(row["accuracy"] - row["mean_confidence"])
+        table.append(row)
+    return {"ece": float(ece), "bins": table}
+
+
+def slice_metrics(y_true, y_pred, texts, keyword_slices=None) -> dict[str, dict]:
+    """n, accuracy and weighted F1 on the built-in short-text slice and each keyword slice."""
+    if len(texts) != len(y_true):
+        raise ValueError(f"{len(y_true)} labels but {len(texts)} texts.")
+    keyword_slices = dict(keyword_slices or {})
+    if "short_text" in keyword_slices:
+        raise ValueError('"short_text" is a built-in slice; give your keyword slice another name.')
+    members = {"short_text": [len(text.split()) < SHORT_TEXT_WORDS for text in texts]}
+    for name, keywords in keyword_slices.items():
+        members[name] = _containing_any(texts, keywords)
+    return {name: _slice_scores(y_true, y_pred, inside) for name, inside in members.items()}
+
+
+def _containing_any(texts, keywords) -> list[bool]:
+    if not keywords:
+        return [False] * len(texts)
+    pattern = re.compile("|".join(keyword_pattern(k) for k in keywords), re.IGNORECASE)
+    return [bool(pattern.search(text[:MAX_TEXT_CHARS])) for text in texts]
+
+
+def _slice_scores(y_true, y_pred, inside) -> dict:
+    true = [y for y, keep in zip(y_true, inside, strict=True) if keep]
+    pred = [y for y, keep in zip(y_pred, inside, strict=True) if keep]
+    if not true:
+        return {"n": 0, "accuracy": None, "weighted_f1": None}
+    return {
+        "n": len(true),
+        "accuracy": float(accuracy_score(true, pred)),
+        "weighted_f1": _weighted_f1(true, pred),
+    }
+
+
+def compare(metrics_new: Mapping, metrics_old: Mapping | None, margin: float) -> bool:
+    """True when the new model is not worse than the old one by more than `margin` weighted F1.
+
+    With no old model (or one without metrics) there is nothing to protect, so the new one passes.
+    """
+    if margin < 0:
+        raise ValueError("The promotion margin cannot be negative.")
+    if not metrics_old or metrics_old.get("weighted_f1") is None:
+        return True
+    # A hair of tolerance so that "equal within the margin" is not lost to float rounding.
+    return metrics_new["weighted_f1"] >= metrics_old["weighted_f1"] - margin - 1e-9
