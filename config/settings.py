@@ -4,9 +4,11 @@ Embedded default (no environment): SQLite under var/, Celery's filesystem broker
 DEBUG on. Production (DJANGO_ENV=production or DEBUG=0): SECRET_KEY is required, DEBUG off.
 """
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -51,6 +53,11 @@ if not SECRET_KEY:
         )
     SECRET_KEY = "embedded-mode-only-not-secret"  # noqa: S105 — never used when PRODUCTION
 
+# /metrics (config/metrics.py): served to loopback, or to `Authorization: Bearer $METRICS_TOKEN`.
+# Behind a reverse proxy on the same host every request looks like loopback: set METRICS_LOOPBACK=0.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+METRICS_LOOPBACK = env_bool("METRICS_LOOPBACK", True)
+
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "" if PRODUCTION else "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
 
@@ -69,11 +76,15 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "csp",
+    "axes",
+    "django_prometheus",
     "labeling",
     "modeling",
 ]
 
 MIDDLEWARE = [
+    # First and (but for axes) last: django-prometheus times the whole request between them.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -85,6 +96,9 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "csp.middleware.CSPMiddleware",
     "config.middleware.DatabaseUnavailableMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+    # Last, as django-axes requires: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -139,6 +153,18 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# Axes first: it refuses a locked-out username+IP before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Login lockout (django-axes): 5 failures for one username from one IP lock that pair for 15
+# minutes; the same IP may still log in as someone else, so one attacker cannot lock out a team.
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("AXES_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -170,6 +196,8 @@ LABELLOOP = {
     "IMPORT_MAX_FIELD_CHARS": env_int("IMPORT_MAX_FIELD_CHARS", 100_000),
     "IMPORT_MAX_BYTES": env_int("IMPORT_MAX_BYTES", 512 * 1024 * 1024),
     "IMPORT_BATCH_SIZE": env_int("IMPORT_BATCH_SIZE", 5000),
+    # Items in one file: bounds the importer's dedupe sets (about 200 bytes an item).
+    "IMPORT_MAX_ROWS": env_int("IMPORT_MAX_ROWS", 5_000_000),
     # Leases an annotator holds at once: the item on screen plus one prefetched behind it.
     "PREFETCH_DEPTH": 2,
     "MODEL_DIR": os.environ.get("MODEL_DIR", str(VAR_DIR / "models")),
@@ -177,6 +205,9 @@ LABELLOOP = {
     "TRAIN_SOFT_TIME_LIMIT": env_int("TRAIN_SOFT_TIME_LIMIT", 900),
     "TRAIN_TIME_LIMIT": env_int("TRAIN_TIME_LIMIT", 960),
     "PREDICT_CHUNK": env_int("PREDICT_CHUNK", 5000),
+    # Algorithms training runs choose from (comma-separated names from modeling.training);
+    # empty: every available one.
+    "TRAIN_ALGORITHMS": env_list("TRAIN_ALGORITHMS", ""),
     # Gold exports: bigger than EXPORT_ASYNC_ROWS runs as a Celery job writing under EXPORT_DIR
     # (web and workers must share that folder); rows are read EXPORT_CHUNK_ROWS at a time.
     "EXPORT_DIR": os.environ.get("EXPORT_DIR", str(VAR_DIR / "exports")),
@@ -239,6 +270,10 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "inte
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "release-expired-leases": {"task": "labeling.tasks.release_expired_leases", "schedule": 60.0},
+    # Retrain after every N new gold labels (an indexed count per project) and pick up lost runs.
+    "check-retraining": {"task": "modeling.tasks.check_retraining", "schedule": 120.0},
+    # Nightly, for projects whose gold labels changed since their last run.
+    "scheduled-retraining": {"task": "modeling.tasks.scheduled_retraining", "schedule": crontab(hour=3, minute=0)},
 }
 
 # --- Content Security Policy (enforced, not report-only) --------------------------------------

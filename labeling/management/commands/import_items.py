@@ -1,4 +1,4 @@
-import os
+import sys
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -9,28 +9,56 @@ from labeling.models import Project
 
 
 class Command(BaseCommand):
-    help = "Import items from a CSV or JSONL file into a project. All or nothing."
+    help = (
+        "Import items from a CSV or JSONL file into a project. All or nothing: on any bad row nothing "
+        "is written, the error names the row and column, and the command exits non-zero."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("file", help="CSV (title, description|text, optional id, tag|label|labels) or JSONL")
+        parser.add_argument(
+            "file", help="CSV (title, description|text, optional id, tag|label|labels) or JSONL; '-' reads standard input"
+        )
         parser.add_argument("--project", required=True, help="Project slug")
         parser.add_argument("--create", action="store_true", help="Create the project (four default categories) if missing")
 
     def handle(self, *args, file, project, create, **options):
-        target = Project.objects.filter(slug=project).first()
-        if target is None:
-            if not create:
-                raise CommandError(f"No project '{project}'. Pass --create to make it with the default categories.")
-            target = actions.create_project(project, project)
-        path = Path(file)
-        if not path.is_file():
-            raise CommandError(f"No such file: {file}")
-        with path.open("rb") as stream:
+        with self._open(file) as source:
+            target, created = self._project(project, create)
             try:
-                result = import_items(target, stream, path.name, size=os.path.getsize(path))
+                result = import_items(target, source, self._name(file), size=self._size(file))
             except ImportRejected as exc:
-                raise CommandError(f"Nothing was imported from {path.name}: {exc}") from None
+                if created:
+                    # All or nothing includes the project this command made for the file.
+                    target.delete()
+                raise CommandError(f"Nothing was imported from {self._name(file)}: {exc}") from None
         self.stdout.write(
             f"Imported {result.created} items into '{target.slug}' ({result.duplicates} duplicates skipped, "
             f"{result.gold_labels} gold labels) in {result.seconds:.2f}s."
         )
+
+    def _open(self, file: str):
+        if file == "-":
+            return sys.stdin.buffer
+        path = Path(file)
+        if not path.is_file():
+            raise CommandError(f"No such file: {file}")
+        try:
+            return path.open("rb")
+        except OSError as exc:
+            raise CommandError(f"Cannot read {file}: {exc.strerror}.") from None
+
+    def _project(self, slug: str, create: bool) -> tuple[Project, bool]:
+        target = Project.objects.filter(slug=slug).first()
+        if target is not None:
+            return target, False
+        if not create:
+            raise CommandError(f"No project '{slug}'. Pass --create to make it with the default categories.")
+        return actions.create_project(slug, slug), True
+
+    @staticmethod
+    def _name(file: str) -> str:
+        return "standard input" if file == "-" else Path(file).name
+
+    @staticmethod
+    def _size(file: str) -> int | None:
+        return None if file == "-" else Path(file).stat().st_size
