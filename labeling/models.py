@@ -162,7 +162,8 @@ class Item(models.Model):
         COMPLETED = "completed"  # has its k annotations
         GOLD = "gold"  # has a final label
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
+    # No index of its own: every query by project is served by a composite index that starts with it.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items", db_index=False)
     external_id = models.CharField(max_length=200, blank=True, default="")
     title = models.TextField(blank=True)
     text = models.TextField()
@@ -181,7 +182,7 @@ class Item(models.Model):
     round = models.PositiveSmallIntegerField(default=0)
     review_queue = models.CharField(max_length=12, choices=ReviewQueue.choices, default=ReviewQueue.NONE)
     review_leased_to = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
     )
     review_lease_expires = models.DateTimeField(null=True, blank=True)
     split = models.CharField(max_length=8, choices=Split.choices, default=Split.NONE)
@@ -216,6 +217,10 @@ class Item(models.Model):
                 fields=["project", "rank"], condition=Q(status="gold", split="train"), name="item_honeypot"
             ),
             models.Index(fields=["project", "split"], condition=~Q(split=""), name="item_split"),
+            # Only the few items a reviewer holds: a full index would cost every import row.
+            models.Index(
+                fields=["review_leased_to"], condition=Q(review_leased_to__isnull=False), name="item_review_holder"
+            ),
             models.Index(fields=["project", "near_dup_key"], condition=~Q(near_dup_key=""), name="item_near_dup"),
         ]
 
