@@ -15,8 +15,10 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, F, Max, Min, OuterRef
+from django.db.models import Count, Exists, F, Min, OuterRef
 from django.utils import timezone
+
+from config import metrics
 
 from .models import (
     Annotation,
@@ -101,40 +103,41 @@ def _claim_after(membership: Membership, cursor: int | None, now) -> Assignment 
         )
         if cursor is not None:
             candidates = candidates.filter(rank__gt=cursor)
-        item = (
-            candidates.order_by("rank")
-            .select_for_update(skip_locked=True, of=("self",))
-            .only("id", "rank", "round", "project_id")
-            .first()
-        )
+        # The whole row, locked: the card shows it, so no second query fetches it after commit.
+        item = candidates.order_by("rank").select_for_update(skip_locked=True, of=("self",)).first()
         if item is None:
             return None
         Item.objects.filter(pk=item.pk).update(open_slots=F("open_slots") - 1)
+        item.open_slots -= 1
         lease = Assignment.objects.create(
             item=item, annotator=user, project=project, round=item.round,
             leased_at=now, expires_at=_lease_expiry(project, now),
         )
         Membership.objects.filter(pk=membership.pk).update(queue_cursor=item.rank)
         membership.queue_cursor = item.rank
-    lease.item = Item.objects.get(pk=item.pk)
     return lease
 
 
 def _claim_honeypot(membership: Membership, now) -> Assignment | None:
     project, user = membership.project, membership.user
     start = random.getrandbits(62) if project.order == Project.Order.RANDOM else 0
-    unseen = Item.objects.filter(project=project, status=Item.Status.GOLD, split=Split.TRAIN).exclude(
-        Exists(Assignment.objects.filter(item=OuterRef("pk"), annotator=user))
-    )
+    honeypots = Item.objects.filter(project=project, status=Item.Status.GOLD, split=Split.TRAIN)
+    unseen = honeypots.exclude(Exists(Assignment.objects.filter(item=OuterRef("pk"), annotator=user)))
+    # A gold label a reviewer is re-checking (suspected error) is no answer to score people on.
+    unseen = unseen.filter(review_queue=ReviewQueue.NONE)
     if project.order != Project.Order.RANDOM:
-        # Sequential ranks are dense: draw the starting point within them.
-        bounds = unseen.aggregate(low=Min("rank"), high=Max("rank"))
-        if bounds["low"] is None:
+        # Sequential ranks are dense: draw the starting point between the first and the last
+        # honeypot, read from both ends of their index. (Min/Max over the unseen ones visited every
+        # gold item, a cost that grew with the project.)
+        ranks = honeypots.order_by("rank").values_list("rank", flat=True)
+        low = ranks.first()
+        if low is None:
             return None
-        start = random.randint(bounds["low"], bounds["high"])
+        start = random.randint(low, ranks.last())
+    # Whole rows: the card shows the item, so no second query fetches it after the lease.
     item = (
-        unseen.filter(rank__gte=start).order_by("rank").only("id", "round").first()
-        or unseen.filter(rank__lt=start).order_by("rank").only("id", "round").first()
+        unseen.filter(rank__gte=start).order_by("rank").first()
+        or unseen.filter(rank__lt=start).order_by("rank").first()
     )
     if item is None:
         return None
@@ -146,7 +149,6 @@ def _claim_honeypot(membership: Membership, now) -> Assignment | None:
             )
     except IntegrityError:
         return None  # the same check was just handed out in another tab
-    lease.item = Item.objects.get(pk=item.pk)
     return lease
 
 
@@ -192,6 +194,7 @@ def submit_annotation(
     suggestion_shown: bool = False,
     suggested_category_id: int | None = None,
     model_version_id: int | None = None,
+    suggestion: dict | None = None,
 ) -> Annotation:
     """Record one person's label for one item. A retry with the same request id returns the
     annotation the first attempt stored and creates nothing."""
@@ -199,9 +202,6 @@ def submit_annotation(
     if not client_request_id:
         raise QueueError("A submission needs a client request id (any unique string per keypress).")
     category_ids = _validated_categories(project, category_ids)
-    previous = _earlier_submission(user, client_request_id, item_id)
-    if previous is not None:
-        return previous
     try:
         with transaction.atomic(durable=True):
             lease = _lease_for_submit(project, user, item_id)
@@ -217,17 +217,23 @@ def submit_annotation(
                 suggestion_shown=suggestion_shown,
                 suggested_category_id=suggested_category_id,
                 model_version_id=model_version_id,
+                suggestion=suggestion,
                 guidelines_version=project.guidelines_version,
             )
             Assignment.objects.filter(pk=lease.pk).update(status=Assignment.Status.SUBMITTED)
             if not lease.is_honeypot:
                 _record_annotation_on_item(project, item_id)
-    except IntegrityError:
-        # A concurrent retry of the same keypress won the race: hand back what it stored.
+    except (IntegrityError, QueueError) as refused:
+        # A retry of a stored keypress is refused by the write itself (its lease is already
+        # submitted, or a concurrent retry's unique request id won the race): hand back what the
+        # first attempt stored. Looking only here keeps the common submit one query shorter.
         previous = _earlier_submission(user, client_request_id, item_id)
-        if previous is None:
+        if previous is not None:
+            return previous
+        if isinstance(refused, IntegrityError):
             raise QueueError("You have already labeled this item.") from None
-        return previous
+        raise
+    metrics.annotation_submitted()  # after commit: retries and rollbacks count nothing
     return annotation
 
 
@@ -253,12 +259,16 @@ def _earlier_submission(user, client_request_id: str, item_id: int) -> Annotatio
 
 def _lease_for_submit(project: Project, user, item_id: int) -> Assignment:
     lease = (
-        Assignment.objects.select_for_update()
+        Assignment.objects.select_for_update(of=("self",))  # the lease only; the item stays claimable
+        .select_related("item")  # its current round, in the same query
         .filter(project=project, annotator=user, item_id=item_id)
         .order_by("-round")
         .first()
     )
-    current_round = Item.objects.filter(pk=item_id, project=project).values_list("round", flat=True).first()
+    if lease is not None:
+        current_round = lease.item.round
+    else:
+        current_round = Item.objects.filter(pk=item_id, project=project).values_list("round", flat=True).first()
     if current_round is None:
         raise QueueError(f"No item {item_id} in project {project.slug}.")
     if lease is not None and lease.round != current_round and not lease.is_honeypot:
@@ -340,10 +350,13 @@ def _needs_review(project: Project) -> bool:
 def skip_item(membership: Membership, item_id: int) -> None:
     """Give the item back to the pool; this person will not be offered it again."""
     with transaction.atomic(durable=True):
-        changed = Assignment.objects.filter(
+        lease = Assignment.objects.filter(
             project=membership.project, annotator=membership.user, item_id=item_id, status=Assignment.Status.LEASED
-        ).update(status=Assignment.Status.SKIPPED)
-        if changed:
+        )
+        # A honeypot lease took no slot, so skipping it gives none back.
+        held_slot = lease.filter(is_honeypot=False).exists()
+        changed = lease.update(status=Assignment.Status.SKIPPED)
+        if changed and held_slot:
             Item.objects.filter(pk=item_id).update(open_slots=F("open_slots") + 1)
 
 
@@ -399,7 +412,8 @@ def _take_back_from_item(annotation: Annotation) -> None:
 # --- projects and members ---------------------------------------------------------------------
 
 
-def create_project(name: str, slug: str, categories: list[str] | None = None, **settings_) -> Project:
+def create_project(name: str, slug: str, categories: list[str] | None = None, owner=None, **settings_) -> Project:
+    """A project with its categories on keys 1..9; `owner`, if given, becomes its first admin."""
     names = categories or DEFAULT_CATEGORIES
     if len(names) > 9:
         raise ValueError("A project has at most 9 categories (keys 1..9).")
@@ -409,6 +423,8 @@ def create_project(name: str, slug: str, categories: list[str] | None = None, **
         Category.objects.bulk_create(
             Category(project=project, name=n, shortcut=str(i + 1), order=i) for i, n in enumerate(names)
         )
+        if owner is not None:
+            Membership.objects.create(project=project, user=owner, role=Role.ADMIN)
     return project
 
 
@@ -417,8 +433,64 @@ def add_member(project: Project, user, role: str = Role.ANNOTATOR) -> Membership
     return membership
 
 
+class MembershipError(Exception):
+    """A membership change that would leave the project without an admin."""
+
+
+def change_role(membership: Membership, role: str) -> Membership:
+    with transaction.atomic(durable=True):
+        _keep_an_admin(membership, losing=role != Role.ADMIN)
+        Membership.objects.filter(pk=membership.pk).update(role=role)
+    membership.role = role
+    return membership
+
+
+def remove_member(membership: Membership) -> None:
+    """Take someone out of a project; items they hold go back to the pool right away."""
+    with transaction.atomic(durable=True):
+        _keep_an_admin(membership, losing=True)
+        membership.delete()
+        # Their labels stay (they were given in good faith); their live leases end now.
+        Assignment.objects.filter(
+            project=membership.project, annotator=membership.user, status=Assignment.Status.LEASED
+        ).update(expires_at=timezone.now())
+    release_expired_leases(project=membership.project)
+
+
+def _keep_an_admin(membership: Membership, losing: bool) -> None:
+    if not losing or membership.role != Role.ADMIN:
+        return
+    admins = Membership.objects.select_for_update().filter(project=membership.project, role=Role.ADMIN)
+    if not admins.exclude(pk=membership.pk).exists():
+        raise MembershipError(f"{membership.user} is the last admin of {membership.project.name}; make someone else admin first.")
+
+
+def add_category(project: Project, name: str) -> Category:
+    """A new category on the first free key 1..9 (a project has at most 9)."""
+    with transaction.atomic(durable=True):
+        Project.objects.select_for_update().filter(pk=project.pk).first()  # one writer per project
+        taken = list(Category.objects.filter(project=project).values_list("shortcut", "order"))
+        free = [k for k in "123456789" if k not in {key for key, _ in taken}]
+        if not free:
+            raise ValueError("A project has at most 9 categories (keys 1..9).")
+        if Category.objects.filter(project=project, name__iexact=name).exists():
+            raise ValueError(f"There is already a category named {name!r}.")
+        order = max((o for _, o in taken), default=-1) + 1
+        return Category.objects.create(project=project, name=name, shortcut=free[0], order=order)
+
+
+def rename_category(category: Category, name: str) -> Category:
+    with transaction.atomic(durable=True):
+        if Category.objects.filter(project_id=category.project_id, name__iexact=name).exclude(pk=category.pk).exists():
+            raise ValueError(f"There is already a category named {name!r}.")
+        category.name = name
+        category.save(update_fields=["name"])
+    return category
+
+
 def recount_progress(project: Project) -> dict:
     """Refresh the project's progress figures (run by a Celery task, not on page views)."""
+    from . import dashboard  # it reads review queues, which import this module
     counts = dict(
         Item.objects.filter(project=project).values_list("status").annotate(n=Count("id"))
     )
@@ -429,6 +501,7 @@ def recount_progress(project: Project) -> dict:
         "gold": counts.get(Item.Status.GOLD, 0),
         "annotations": Annotation.objects.filter(project=project).count(),
         "counted_at": timezone.now().isoformat(),
+        **dashboard.slow_aggregates(project),  # the dashboard's whole-table figures, counted here too
     }
     Project.objects.filter(pk=project.pk).update(progress=progress)
     return progress

@@ -120,6 +120,11 @@ REFUSED = OpenApiResponse(ErrorSerializer, description="The queue refused; the m
 # --- tokens -----------------------------------------------------------------------------------
 
 
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField()
+
+
+@extend_schema_view(post=extend_schema(responses={200: TokenSerializer, 400: BAD_INPUT}))
 class ObtainToken(ObtainAuthToken):
     """Exchange a username and password for your API token; send it as `Authorization: Token <key>`.
 

@@ -2,7 +2,6 @@
 reviewer page (`labeling.review`); every object is looked up inside the caller's project."""
 
 from drf_spectacular.utils import (
-    OpenApiParameter,
     OpenApiResponse,
     extend_schema,
     extend_schema_field,
@@ -25,6 +24,7 @@ from .api import (
     ItemSerializer,
     _category_ids,
 )
+from .api_query import ListQuery
 from .models import Annotation, GoldLabel, Review, ReviewQueue, Role
 
 # --- serializers ------------------------------------------------------------------------------
@@ -179,6 +179,10 @@ class GoldPagination(CursorPagination):
     page_size_query_param = "page_size"
 
 
+# The id never changes once the label exists (decided_at does, when a reviewer re-decides),
+# so pages neither skip nor repeat labels while new gold arrives.
+GOLD_QUERY = ListQuery(filters={"source": "source", "split": "item__split"}, orderings=("-id", "id"))
+
 # --- views ------------------------------------------------------------------------------------
 
 ACCESS_ERRORS = {401: NOT_SIGNED_IN, 403: ROLE_TOO_LOW, 404: NO_SUCH_PROJECT}
@@ -289,15 +293,10 @@ def review_queues(request, slug):
 
 
 @extend_schema(
-    parameters=[
-        OpenApiParameter(
-            "cursor", str, description="The cursor from the previous page's `next` link."
-        ),
-        OpenApiParameter(
-            "page_size", int, description="Labels per page (default 100, at most 1000)."
-        ),
-    ],
-    responses={200: GoldPageSerializer, **ACCESS_ERRORS},
+    parameters=GOLD_QUERY.parameters(
+        {"source": list(GoldLabel.Source.values), "split": ["train", "holdout"]}
+    ),
+    responses={200: GoldPageSerializer, 400: BAD_INPUT, **ACCESS_ERRORS},
     operation_id="projects_gold_list",
 )
 @api_view(["GET"])
@@ -311,6 +310,5 @@ def gold_labels(request, slug):
         # Item text can be long and is not part of a gold row.
         .only(*GOLD_FIELDS, "item__external_id", "item__split", "decided_by__username")
     )
-    paginator = GoldPagination()
-    page = paginator.paginate_queryset(labels, request)
+    page, paginator = GOLD_QUERY.paginate(labels, request, page_size=100)
     return paginator.get_paginated_response(GoldLabelSerializer(page, many=True).data)

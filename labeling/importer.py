@@ -890,6 +890,11 @@ def import_items(project: Project, stream: BinaryIO, filename: str = "", size: i
         result = _Importer(project, "line" if fmt == "jsonl" else "row").run(rows)
         # The dashboard's figures are recounted by a worker, only once the items are committed.
         recount_progress.delay_on_commit(project.pk)
+        if result.gold_labels:
+            # Imported labels may make a training run due (modeling.runs.retrain_if_due).
+            from modeling.tasks import check_retraining
+
+            check_retraining.delay_on_commit(project.pk)
     result.seconds = time.perf_counter() - started
     result.format = fmt
     return result

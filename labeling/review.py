@@ -12,6 +12,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q
 from django.utils import timezone
 
+from config import metrics
+
 from .actions import QueueError, _pull_back_cursors, _validated_categories, make_gold
 from .models import (
     Annotation,
@@ -137,6 +139,7 @@ def decide_review(
         if previous is None:
             raise
         return previous
+    metrics.review_decided(decision)  # after commit: retries count nothing
     return review
 
 

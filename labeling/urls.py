@@ -1,10 +1,22 @@
 from django.urls import path
 
-from . import api, api_review, views, views_agreement, views_export, views_review
+from . import (
+    api,
+    api_admin,
+    api_review,
+    views,
+    views_agreement,
+    views_dashboard,
+    views_export,
+    views_ops,
+    views_review,
+)
 
 urlpatterns = [
     path("", views.home, name="home"),
-    path("p/<slug:slug>/", views.dashboard, name="dashboard"),
+    path("p/<slug:slug>/", views_dashboard.dashboard_page, name="dashboard"),
+    path("p/<slug:slug>/ops/", views_ops.ops_page, name="project_ops"),
+    path("ops/", views_ops.ops_page, name="ops"),
     path("p/<slug:slug>/annotate/", views.annotate, name="annotate"),
     path("p/<slug:slug>/annotate/next/", views.annotate_next, name="annotate_next"),
     path("p/<slug:slug>/annotate/submit/", views.annotate_submit, name="annotate_submit"),
@@ -23,8 +35,12 @@ urlpatterns = [
 
 api_urlpatterns = [
     path("auth/token/", api.obtain_token, name="api-token"),
-    path("projects/", api.ProjectList.as_view(), name="api-projects"),
-    path("projects/<slug:slug>/", api.ProjectDetail.as_view(), name="api-project"),
+    path("projects/", api_admin.projects, name="api-projects"),
+    path("projects/<slug:slug>/", api_admin.project, name="api-project"),
+    path("projects/<slug:slug>/categories/", api_admin.categories, name="api-categories"),
+    path("projects/<slug:slug>/categories/<int:category_id>/", api_admin.category, name="api-category"),
+    path("projects/<slug:slug>/members/", api_admin.members, name="api-members"),
+    path("projects/<slug:slug>/members/<int:member_id>/", api_admin.member, name="api-member"),
     path("projects/<slug:slug>/import/", api.import_file, name="api-import"),
     path("projects/<slug:slug>/claim/", api.claim, name="api-claim"),
     path("projects/<slug:slug>/annotations/", api.submit, name="api-submit"),

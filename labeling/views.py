@@ -23,6 +23,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
+from modeling import suggestions
+
 from . import actions
 from .access import get_membership, projects_for
 from .forms import ImportForm, ProjectSettingsForm
@@ -37,24 +39,6 @@ def home(request):
     roles = dict(request.user.memberships.values_list("project_id", "role"))
     rows = [(p, roles.get(p.id, Role.ADMIN)) for p in projects]
     return render(request, "labeling/home.html", {"rows": rows})
-
-
-@require_GET
-@login_required
-def dashboard(request, slug):
-    membership = get_membership(request.user, slug)
-    project = membership.project
-    progress = project.progress or {}
-    return render(
-        request,
-        "labeling/dashboard.html",
-        {
-            "project": project,
-            "membership": membership,
-            "progress": progress,
-            "counted_at": parse_datetime(progress.get("counted_at") or ""),
-        },
-    )
 
 
 # --- annotate ---------------------------------------------------------------------------------
@@ -105,13 +89,16 @@ def annotate_next(request, slug):
 @login_required_htmx
 def annotate_submit(request, slug):
     membership = get_membership(request.user, slug)
+    item_id = _int_or_zero(request.POST.get("item"))
     try:
         actions.submit_annotation(
             membership,
-            item_id=_int_or_zero(request.POST.get("item")),
+            item_id=item_id,
             category_ids=[c for c in request.POST.getlist("category") if c.isdigit()],
             client_request_id=request.POST.get("request_id", "")[:64],
             duration_ms=_int_or_zero(request.POST.get("duration_ms")),
+            # What the card showed, worked out again here: never taken from the browser.
+            **suggestions.for_submit(membership, item_id),
         )
     except actions.QueueError as exc:
         return _queue_error(request, slug, exc)
@@ -177,6 +164,7 @@ def _card_context(membership, lease: Assignment | None, categories) -> dict:
         # Generated when the card is drawn: a retried POST of this card reuses it, so the
         # server stores the label once however often the browser resends it.
         "request_id": uuid.uuid4().hex,
+        "suggestion": suggestions.for_card(membership, lease, categories),
     }
 
 

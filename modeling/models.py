@@ -79,6 +79,10 @@ class ModelVersion(models.Model):
     timings = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Batch predictions after promotion run as one Celery task per chunk of unlabeled items (so
+    # every worker helps): the chunks' [first id, last id] and the indexes of those finished.
+    prediction_plan = models.JSONField(default=list, blank=True)
+    predicted_chunks = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -369,8 +369,9 @@ def test_it_accepts_the_csrf_header_htmx_sends(project, annotator, client_for):
 def test_it_draws_the_page_in_a_fixed_number_of_queries(project, annotator, client_for, django_assert_max_num_queries):
     client = client_for(annotator)
     client.get(url("", project))  # leases the two items; a reload only reads them
-    # session, user, membership+project, live leases+items, categories, today's count
-    with django_assert_max_num_queries(6):
+    # session, user, membership+project, live leases+items, categories, today's count, and the
+    # model's stored prediction for each of the two cards (modeling.suggestions.for_card)
+    with django_assert_max_num_queries(8):
         assert client.get(url("", project)).status_code == 200
 
 
@@ -382,6 +383,7 @@ def test_it_submits_and_refills_in_a_fixed_number_of_queries(project, annotator,
     data = {**form_fields(html, first), "category": str(category(project).id), "holding": str(second)}
     # Counted with k=1, so this submit also makes the gold label. Whatever the project size:
     # session, user, membership; the submit's transaction (15, gold label included); the
-    # live leases, one claim's transaction (6) and the card's categories.
-    with django_assert_max_num_queries(27):
+    # live leases, one claim's transaction (6) and the card's categories; the suggestion the
+    # submitted card showed and the new card's (modeling.suggestions).
+    with django_assert_max_num_queries(29):
         assert client.post(url("submit/", project), data, **HTMX).status_code == 200

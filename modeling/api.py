@@ -1,0 +1,134 @@
+"""REST API of the modeling loop: online predictions, the model versions, starting a run.
+
+Same status codes as labeling/api.py: 401 not signed in, 404 a project you are not in, 403 a role
+too low; 409 well-formed but refused (no trained model yet); 503 the model file failed its check.
+"""
+from django.conf import settings
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view, parser_classes
+from rest_framework.parsers import FormParser, JSONParser
+from rest_framework.response import Response
+
+from labeling.access import get_membership
+from labeling.api import BAD_INPUT, NO_SUCH_PROJECT, NOT_SIGNED_IN, ROLE_TOO_LOW, ErrorSerializer
+from labeling.models import Role
+
+from . import runs, serving
+from .models import ModelVersion
+
+
+def _max_chars() -> int:
+    return settings.LABELLOOP["IMPORT_MAX_FIELD_CHARS"]
+
+
+class PredictRequestSerializer(serializers.Serializer):
+    title = serializers.CharField(required=False, allow_blank=True, default="", max_length=_max_chars())
+    description = serializers.CharField(
+        required=False, allow_blank=True, default="", max_length=_max_chars(), help_text="Also accepted as `text`."
+    )
+    text = serializers.CharField(required=False, allow_blank=True, default="", max_length=_max_chars(), write_only=True)
+
+    def validate(self, data):
+        data["description"] = data.get("description") or data.pop("text", "")
+        data.pop("text", None)
+        if not (data["title"].strip() or data["description"].strip()):
+            raise serializers.ValidationError("Send a title, a description, or both.")
+        return data
+
+
+class VersionRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    number = serializers.IntegerField()
+    algorithm = serializers.CharField()
+
+
+class PredictResponseSerializer(serializers.Serializer):
+    model_version = VersionRefSerializer()
+    probabilities = serializers.DictField(child=serializers.FloatField(), help_text="Category name -> probability.")
+    top_category = serializers.CharField()
+    latency_ms = serializers.FloatField(help_text="Time spent scoring (database lookups and model).")
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    weighted_f1 = serializers.SerializerMethodField()
+    macro_f1 = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id", "number", "status", "progress", "trigger", "algorithm", "params", "trained_on",
+            "holdout_size", "weighted_f1", "macro_f1", "active", "promoted", "promotion_reason",
+            "error", "created_at", "started_at", "finished_at",
+        ]
+
+    def get_weighted_f1(self, version) -> float | None:
+        return version.metrics.get("weighted_f1")
+
+    def get_macro_f1(self, version) -> float | None:
+        return version.metrics.get("macro_f1")
+
+
+NO_MODEL = OpenApiResponse(ErrorSerializer, description="The project has no trained model yet.")
+MODEL_BROKEN = OpenApiResponse(ErrorSerializer, description="The active model's file is missing or failed its hash check.")
+
+
+@extend_schema(
+    request=PredictRequestSerializer,
+    responses={
+        200: PredictResponseSerializer, 400: BAD_INPUT, 401: NOT_SIGNED_IN, 404: NO_SUCH_PROJECT,
+        409: NO_MODEL, 503: MODEL_BROKEN,
+    },
+)
+@api_view(["POST"])
+@parser_classes([JSONParser, FormParser])
+def predict(request, slug):
+    """Score a new text with the project's active model (any member of the project)."""
+    membership = get_membership(request.user, slug)
+    data = PredictRequestSerializer(data=request.data)
+    data.is_valid(raise_exception=True)
+    project = membership.project
+    try:
+        served = serving.predict(project, data.validated_data["title"], data.validated_data["description"], user=request.user)
+    except serving.NoActiveModel as exc:
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+    except serving.ModelUnavailable as exc:
+        return Response(
+            {"detail": f"The active model cannot be loaded ({exc}); an admin should train a new version."},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+    return Response(
+        {
+            "model_version": {"id": served.version_id, "number": served.version_number, "algorithm": served.algorithm},
+            "probabilities": served.probabilities,
+            "top_category": served.top_category,
+            "latency_ms": served.latency_ms,
+        }
+    )
+
+
+@extend_schema(
+    methods=["GET"],
+    request=None,
+    responses={200: ModelVersionSerializer(many=True), 401: NOT_SIGNED_IN, 403: ROLE_TOO_LOW, 404: NO_SUCH_PROJECT},
+    description="The project's model versions, newest first (reviewers and admins).",
+)
+@extend_schema(
+    methods=["POST"],
+    request=None,
+    responses={
+        202: OpenApiResponse(ModelVersionSerializer, description="Queued (or the run already in flight)."),
+        401: NOT_SIGNED_IN, 403: ROLE_TOO_LOW, 404: NO_SUCH_PROJECT,
+    },
+    description="Start a training run (admins). One run per project at a time: while one is in "
+    "flight, that run is returned.",
+)
+@api_view(["GET", "POST"])
+def model_versions(request, slug):
+    if request.method == "POST":
+        membership = get_membership(request.user, slug, Role.ADMIN)
+        version = runs.request_training(membership.project, ModelVersion.Trigger.API)
+        return Response(ModelVersionSerializer(version).data, status=status.HTTP_202_ACCEPTED)
+    membership = get_membership(request.user, slug, Role.REVIEWER)
+    versions = ModelVersion.objects.filter(project=membership.project).order_by("-number")[:100]
+    return Response(ModelVersionSerializer(versions, many=True).data)
