@@ -68,10 +68,19 @@ def dead_broker():
 
     saved = app.conf.broker_url
     app.conf.broker_url = f"redis://127.0.0.1:{closed_port()}/0"
-    app._pool = None  # the pool holds connections to the old broker
+    _forget_broker_connections(app)
     yield app
     app.conf.broker_url = saved
+    _forget_broker_connections(app)
+
+
+def _forget_broker_connections(app):
+    """Drop the connection pool and the producer pool built on it: after an earlier test published,
+    both hold live connections to the old broker and would keep publishing there."""
+    if app._pool is not None:
+        app._pool.force_close_all()
     app._pool = None
+    app.amqp._producer_pool = None
 
 
 @pytest.mark.django_db(transaction=True)
