@@ -126,7 +126,7 @@ def store(version: ModelVersion, columns: list[int | None], item_ids: list[int],
             part = rows[start : start + batch]
             values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(part))
             cursor.execute(
-                f"INSERT INTO {table} (item_id, project_id, model_version_id, probabilities, top_category_id, "  # noqa: S608
+                f"INSERT INTO {table} (item_id, project_id, model_version_id, probabilities, top_category_id, "
                 f"margin, created_at) VALUES {values} ON CONFLICT (item_id) DO UPDATE SET "
                 "project_id = excluded.project_id, model_version_id = excluded.model_version_id, "
                 "probabilities = excluded.probabilities, top_category_id = excluded.top_category_id, "

@@ -312,7 +312,7 @@ def predict_chunk(version_id: int, index: int, model=None) -> str:
         stats = predictions.predict_range(version, model or serving.model_for(version), first, last)
     except OperationalError:
         raise
-    except Exception as error:  # noqa: BLE001 — the soft time limit included
+    except Exception as error:
         log.exception("Run %s: prediction chunk %s failed", version_id, index)
         note = f"Predictions for items {first}–{last} failed: {describe(error)}"
     return _chunk_done(version_id, index, stats, note)

@@ -32,14 +32,17 @@ class Command(BaseCommand):
         algorithms = _algorithms(options["algorithms"])
         if algorithms and not options["wait"]:
             raise CommandError("--algorithms only applies with --wait (queued runs use TRAIN_ALGORITHMS).")
+        in_flight = ModelVersion.objects.filter(project=project, status__in=runs.RUNNING).first()
         version = runs.request_training(project, ModelVersion.Trigger.COMMAND, enqueue=not options["wait"])
         if options["wait"] and runs.run(version.pk, algorithms=algorithms) == "taken":
             _wait_for(version)  # a worker had already taken this run: follow it
-        version.refresh_from_db()
+        if options["wait"]:
+            version.refresh_from_db()
+        # Without --wait, say what this command did: a worker may have started the run already.
         if options["json"]:
             self.stdout.write(json.dumps(_summary(version)))
         else:
-            self.stdout.write(_sentence(version))
+            self.stdout.write(_sentence(version, already=in_flight is not None and not options["wait"]))
         if version.status == ModelVersion.Status.FAILED:
             raise CommandError(f"Run v{version.number} failed: {version.error}")
 
@@ -80,12 +83,12 @@ def _summary(version: ModelVersion) -> dict:
     }
 
 
-def _sentence(version: ModelVersion) -> str:
+def _sentence(version: ModelVersion, already: bool = False) -> str:
     label = f"{version.project.slug} v{version.number}"
+    if already:
+        return f"{label} is already in progress ({version.status}, {version.progress}%); one run per project at a time."
     if version.status == ModelVersion.Status.QUEUED:
         return f"Queued {label}; a worker will pick it up (follow it on /p/{version.project.slug}/model/)."
-    if version.is_running():
-        return f"{label} is already running ({version.status}, {version.progress}%)."
     if version.status == ModelVersion.Status.FAILED:
         return f"{label} failed."
     if not version.algorithm:
