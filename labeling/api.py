@@ -9,16 +9,15 @@ Status codes, the same on every endpoint:
 Every object is looked up inside the caller's project, so an id from another project is a 404.
 """
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import generics, serializers, status
+from rest_framework import serializers, status
 from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import api_view, parser_classes
 from rest_framework.exceptions import NotFound
-from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from . import actions
-from .access import get_membership, projects_for
+from .access import get_membership
 from .importer import import_with_history
 from .models import Annotation, Assignment, Category, Item, Project, Role
 
@@ -41,6 +40,7 @@ class ProjectSerializer(serializers.ModelSerializer):
             "name",
             "slug",
             "mode",
+            "allow_none_of_these",
             "annotations_per_item",
             "order",
             "review_policy",
@@ -75,8 +75,9 @@ class LeaseSerializer(serializers.ModelSerializer):
 class SubmitSerializer(serializers.Serializer):
     item = serializers.IntegerField(min_value=1, help_text="Id of an item you hold (from claim).")
     categories = serializers.ListField(
-        child=serializers.CharField(max_length=100), min_length=1, max_length=9,
-        help_text="Category ids or names (names are case-insensitive).",
+        child=serializers.CharField(max_length=100), min_length=0, max_length=9,
+        help_text="Category ids or names (names are case-insensitive): exactly one in a single-label project, "
+        "one or more in a multi-label one (an empty list only where the project allows “none of these”).",
     )
     client_request_id = serializers.CharField(
         max_length=64, help_text="Unique per submission; a retry with the same id stores nothing new."
@@ -133,38 +134,6 @@ class ObtainToken(ObtainAuthToken):
 
 
 obtain_token = ObtainToken.as_view()
-
-
-# --- projects ---------------------------------------------------------------------------------
-
-
-class ProjectCursor(CursorPagination):
-    # Cursor paging costs the same on page 1,000 as on page 1 (no OFFSET); the id is unique and
-    # indexed, which the cursor needs. DRF's default ordering ('-created') names no field of ours.
-    ordering = "id"
-
-
-@extend_schema_view(get=extend_schema(responses={200: ProjectSerializer(many=True), 401: NOT_SIGNED_IN}))
-class ProjectList(generics.ListAPIView):
-    """The projects you are a member of (all of them for a superuser)."""
-
-    serializer_class = ProjectSerializer
-    pagination_class = ProjectCursor
-
-    def get_queryset(self):
-        return projects_for(self.request.user).prefetch_related("categories")
-
-
-@extend_schema_view(
-    get=extend_schema(responses={200: ProjectSerializer, 401: NOT_SIGNED_IN, 404: NO_SUCH_PROJECT})
-)
-class ProjectDetail(generics.RetrieveAPIView):
-    serializer_class = ProjectSerializer
-    queryset = Project.objects.none()  # never listed: get_object goes through the access helper
-    lookup_field = "slug"
-
-    def get_object(self):
-        return get_membership(self.request.user, self.kwargs["slug"]).project
 
 
 # --- import -----------------------------------------------------------------------------------
@@ -243,6 +212,8 @@ def submit(request, slug):
         return _bad_request(str(exc))
     if project.mode == Project.Mode.SINGLE and len(category_ids) != 1:
         return _bad_request("This project is single-label: send exactly one category.")
+    if not category_ids and not project.accepts_empty_label():
+        return _bad_request("Send at least one category: this project does not allow “none of these”.")
     _item_in_project(project, values["item"])
     # Two retries racing each other may both answer 201; either way one row is stored.
     replay = Annotation.objects.filter(annotator=request.user, client_request_id=values["client_request_id"]).exists()

@@ -8,7 +8,6 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
-from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import FormParser, JSONParser
 from rest_framework.response import Response
 
@@ -170,8 +169,7 @@ class GoldPageSerializer(serializers.Serializer):
     results = GoldLabelSerializer(many=True)
 
 
-class GoldPagination(CursorPagination):
-    # The id never changes once the label exists (decided_at does, when a reviewer re-decides),
+# The id never changes once the label exists (decided_at does, when a reviewer re-decides),
     # so pages neither skip nor repeat labels while new gold arrives.
     ordering = "-id"
     page_size = 100
