@@ -6,6 +6,8 @@ Environment:
   BENCH_BACKEND=sqlite|postgres  one database (default: both when PostgreSQL is reachable)
   BENCH_POSTGRES_URL             server to use (default: DATABASE_URL if it is PostgreSQL, else
                                  postgres://postgres@127.0.0.1:5432/postgres)
+  BENCH_DB_SUFFIX                appended to the bench databases' names, so runs side by side on
+                                 one server do not drop each other's database
   BENCH_PAIRS, BENCH_HTTP_PAIRS, BENCH_ANNOTATORS, BENCH_PAIRS_EACH, BENCH_K: see bench/suite.py
 
 Each backend runs in its own process on a fresh database (Django reads DATABASE_URL once, at
@@ -19,8 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "var" / "bench"
-SQLITE_PATH = BENCH_DIR / "bench.sqlite3"
-POSTGRES_DB = "labelloop_bench"
+_SUFFIX = "".join(c for c in os.environ.get("BENCH_DB_SUFFIX", "") if c.isalnum() or c == "_")
+SQLITE_PATH = BENCH_DIR / f"bench{_SUFFIX}.sqlite3"
+POSTGRES_DB = f"labelloop_bench{_SUFFIX}"
 
 sys.path.insert(0, str(ROOT))
 

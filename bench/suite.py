@@ -31,7 +31,7 @@ from django.db import connection, connections, transaction
 from django.db.models import Count, Exists, F, OuterRef
 from django.test import Client
 from django.test.utils import CaptureQueriesContext, override_settings
-from django.urls import reverse
+from django.urls import get_resolver, reverse
 from django.utils import timezone
 
 from bench import synthetic
@@ -147,6 +147,7 @@ def claim_submit(backend: str, project, size: int, pairs: int) -> dict:
         for _ in range(WARMUP):
             _one_pair(membership, category_ids, 0)
     queries_per_pair = round(len(queries.captured_queries) / WARMUP, 1)
+    claim_queries, submit_queries = _queries_per_action(membership, category_ids)
     started, cpu_started = time.perf_counter(), time.process_time()
     for _ in range(pairs):
         timing = _one_pair(membership, category_ids, 0)
@@ -167,7 +168,8 @@ def claim_submit(backend: str, project, size: int, pairs: int) -> dict:
         "client_cpu_ms_per_pair": round(cpu / max(1, len(both)) * 1000, 2),
         **prefixed("claim", percentiles(claims)), **prefixed("submit", percentiles(submits)),
         "honeypots": honeypots, "honeypot_claim_p50_ms": percentiles(honeypot_claims)["p50_ms"],
-        "queries_per_pair": queries_per_pair, "k": project.annotations_per_item,
+        "queries_per_pair": queries_per_pair, "claim_queries": claim_queries, "submit_queries": submit_queries,
+        "k": project.annotations_per_item,
         **queue_violations(project), "target_p95_ms": TARGET_CLAIM_P95_MS,
     }
     emit(record)
@@ -186,6 +188,23 @@ def _one_pair(membership, category_ids, annotator_number):
         membership, lease.item_id, [label_for(lease.item_id, annotator_number, category_ids)], uuid.uuid4().hex
     )
     return claimed - started, time.perf_counter() - claimed, int(lease.is_honeypot)
+
+
+def _queries_per_action(membership, category_ids) -> tuple[int, int]:
+    """Round trips (BEGIN and COMMIT count) of one claim that leases an item, and of its submit."""
+    while True:
+        with CaptureQueriesContext(connection) as claim:
+            lease = actions.claim_next_item(membership)
+        if lease is None or not lease.is_honeypot:
+            break
+        actions.submit_annotation(membership, lease.item_id, [category_ids[0]], uuid.uuid4().hex)
+    if lease is None:
+        return len(claim.captured_queries), 0
+    with CaptureQueriesContext(connection) as submit:
+        actions.submit_annotation(
+            membership, lease.item_id, [label_for(lease.item_id, 0, category_ids)], uuid.uuid4().hex
+        )
+    return len(claim.captured_queries), len(submit.captured_queries)
 
 
 # --- one annotator through the htmx endpoint ----------------------------------------------------
@@ -366,9 +385,9 @@ def claim_query_alternatives(backend: str, project, size: int, user) -> list[dic
 
 
 def claim_plans(backend: str, project, size: int) -> None:
-    """EXPLAIN ANALYZE of every SELECT that one claim + submit pair runs on PostgreSQL (and of the
-    honeypot claim's), for the annotator with thousands of labels behind them, so an index that
-    stops being used shows up here first."""
+    """EXPLAIN ANALYZE of every query that reads (SELECT, WITH) in one claim + submit pair on
+    PostgreSQL (and of the honeypot claim's), for the annotator with thousands of labels behind
+    them, so an index that stops being used shows up here first."""
     membership = Membership.objects.select_related("project", "user").get(
         project=project, user__username=f"bench-solo-{size}"
     )
@@ -379,7 +398,9 @@ def claim_plans(backend: str, project, size: int) -> None:
     plans = []
     for query in captured.captured_queries:
         sql = query["sql"]
-        if not sql.lstrip().upper().startswith("SELECT"):
+        # WITH: the one-statement claim and submit (labeling/pg_queue.py); EXPLAIN ANALYZE runs
+        # them, inside a transaction that is rolled back.
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
             continue
         plans.append(_explain(sql))
     slowest = max(plans, key=lambda p: p["ms"]) if plans else None
@@ -428,6 +449,10 @@ def run(backend: str, items: int) -> None:
     # Whitenoise warns that collectstatic never ran; the bench serves no static files.
     warnings.filterwarnings("ignore", message="No directory at")
     call_command("migrate", verbosity=0)
+    # Load every view module as a running web worker has at start-up: otherwise the first import
+    # pays for loading scikit-learn (its gold labels queue modeling.tasks), several seconds that
+    # are this process's start-up, not the import's.
+    get_resolver().url_patterns  # noqa: B018
     # Production settings for what matters here (no per-query logging); testserver-free host.
     with override_settings(DEBUG=False):
         _run(backend, items)

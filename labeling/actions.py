@@ -8,18 +8,21 @@ The queue's guarantees, on PostgreSQL and SQLite alike:
 - a retried submit with the same client request id creates nothing new.
 On PostgreSQL the claim locks one row with FOR UPDATE SKIP LOCKED, so concurrent claims pass each
 other; on SQLite every write transaction starts IMMEDIATE (see settings), so writers are serialised.
+On PostgreSQL the claim and the common submit run as one statement each (`pg_queue`): the same
+steps and locks, without a round trip per step.
 """
 import random
 from collections import Counter
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, Exists, F, Min, OuterRef
 from django.utils import timezone
 
 from config import metrics
 
+from . import pg_queue
 from .models import (
     Annotation,
     Assignment,
@@ -97,6 +100,8 @@ def claim_next_item(membership: Membership, now=None) -> Assignment | None:
 
 def _claim_after(membership: Membership, cursor: int | None, now) -> Assignment | None:
     project, user = membership.project, membership.user
+    if pg_queue.available():  # the same steps as below, in one statement
+        return pg_queue.claim_after(membership, cursor, now, _lease_expiry(project, now))
     with transaction.atomic(durable=True):
         candidates = Item.objects.filter(project=project, open_slots__gt=0).exclude(
             Exists(Assignment.objects.filter(item=OuterRef("pk"), annotator=user, round=OuterRef("round")))
@@ -202,27 +207,28 @@ def submit_annotation(
     if not client_request_id:
         raise QueueError("A submission needs a client request id (any unique string per keypress).")
     category_ids = _validated_categories(project, category_ids)
+    annotation = Annotation(
+        item_id=item_id,
+        annotator=user,
+        project=project,
+        categories=category_ids,
+        client_request_id=client_request_id,
+        duration_ms=max(0, min(int(duration_ms or 0), 24 * 3600 * 1000)),
+        suggestion_shown=suggestion_shown,
+        suggested_category_id=suggested_category_id,
+        model_version_id=model_version_id,
+        suggestion=suggestion,
+        guidelines_version=project.guidelines_version,
+    )
     try:
         with transaction.atomic(durable=True):
-            lease = _lease_for_submit(project, user, item_id)
-            annotation = Annotation.objects.create(
-                round=lease.round,
-                is_honeypot=lease.is_honeypot,
-                item_id=item_id,
-                annotator=user,
-                project=project,
-                categories=category_ids,
-                client_request_id=client_request_id,
-                duration_ms=max(0, min(int(duration_ms or 0), 24 * 3600 * 1000)),
-                suggestion_shown=suggestion_shown,
-                suggested_category_id=suggested_category_id,
-                model_version_id=model_version_id,
-                suggestion=suggestion,
-                guidelines_version=project.guidelines_version,
-            )
-            Assignment.objects.filter(pk=lease.pk).update(status=Assignment.Status.SUBMITTED)
-            if not lease.is_honeypot:
-                _record_annotation_on_item(project, item_id)
+            # PostgreSQL stores the common case (a live lease) in one statement; anything else,
+            # and SQLite, takes the steps one by one.
+            item = pg_queue.submit_on_live_lease(annotation) if pg_queue.available() else None
+            if item is None:
+                item = _submit_in_steps(project, user, annotation)
+            if not annotation.is_honeypot:
+                _complete_if_done(project, item)
     except (IntegrityError, QueueError) as refused:
         # A retry of a stored keypress is refused by the write itself (its lease is already
         # submitted, or a concurrent retry's unique request id won the race): hand back what the
@@ -237,10 +243,22 @@ def submit_annotation(
     return annotation
 
 
+def _submit_in_steps(project: Project, user, annotation: Annotation) -> Item | None:
+    """Store the annotation on its lease, whatever state the lease is in (or refuse); returns
+    the item's new count, status and round (None for a honeypot, which changes no counts)."""
+    lease = _lease_for_submit(project, user, annotation.item_id)
+    annotation.round, annotation.is_honeypot = lease.round, lease.is_honeypot
+    annotation.save(force_insert=True)
+    Assignment.objects.filter(pk=lease.pk).update(status=Assignment.Status.SUBMITTED)
+    return None if lease.is_honeypot else _record_annotation_on_item(project, annotation.item_id)
+
+
 def _validated_categories(project: Project, category_ids: list[int]) -> list[int]:
     ids = sorted({int(c) for c in category_ids})
+    if not ids and project.accepts_empty_label():
+        return ids  # "none of these": an answer in this project
     if not ids:
-        raise QueueError("Choose a category.")
+        raise QueueError(_NO_CATEGORY[project.mode])
     if project.mode == Project.Mode.SINGLE and len(ids) != 1:
         raise QueueError("This project is single-label: choose exactly one category.")
     known = set(Category.objects.filter(project=project, id__in=ids).values_list("id", flat=True))
@@ -248,6 +266,12 @@ def _validated_categories(project: Project, category_ids: list[int]) -> list[int
     if unknown:
         raise QueueError(f"Unknown category id(s) {unknown} for project {project.slug}.")
     return ids
+
+
+_NO_CATEGORY = {
+    Project.Mode.SINGLE: "Choose a category.",
+    Project.Mode.MULTI: "Tick at least one category: this project does not allow “none of these”.",
+}
 
 
 def _earlier_submission(user, client_request_id: str, item_id: int) -> Annotation | None:
@@ -295,9 +319,23 @@ def _lease_for_submit(project: Project, user, item_id: int) -> Assignment:
     )
 
 
-def _record_annotation_on_item(project: Project, item_id: int) -> None:
-    Item.objects.filter(pk=item_id).update(annotation_count=F("annotation_count") + 1)
-    item = Item.objects.only("id", "annotation_count", "status", "round").get(pk=item_id)
+def _record_annotation_on_item(project: Project, item_id: int) -> Item:
+    """Count the annotation on its item; returns the item's new count, status and round."""
+    fields = ["id", "status", "annotation_count", "round"]  # the model's field order, for from_db
+    if not connection.features.can_return_columns_from_insert:  # SQLite before 3.35
+        Item.objects.filter(pk=item_id).update(annotation_count=F("annotation_count") + 1)
+        return Item.objects.only(*fields).get(pk=item_id)
+    with connection.cursor() as cursor:
+        # The new values in the same statement: no second query reads back the row just written.
+        cursor.execute(
+            f"UPDATE {Item._meta.db_table} SET annotation_count = annotation_count + 1 WHERE id = %s "
+            "RETURNING status, annotation_count, round",
+            [item_id],
+        )
+        return Item.from_db(connection.alias, fields, [item_id, *cursor.fetchone()])
+
+
+def _complete_if_done(project: Project, item: Item) -> None:
     if item.annotation_count >= project.annotations_per_item and item.status == Item.Status.OPEN:
         _complete_item(project, item)
 
@@ -318,22 +356,28 @@ def _complete_item(project: Project, item: Item) -> None:
 
 def make_gold(project: Project, item: Item, categories, source: str, decided_by=None, review=None) -> GoldLabel:
     """Record the item's final label with its provenance; the holdout split, once made, stays."""
-    gold, _ = GoldLabel.objects.update_or_create(
+    gold = GoldLabel(
         item=item,
-        defaults={
-            "project": project,
-            "categories": sorted(categories),
-            "source": source,
-            "decided_by": decided_by,
-            "decided_at": timezone.now(),
-            "guidelines_version": project.guidelines_version,
-            "review": review,
-        },
+        project=project,
+        categories=sorted(categories),
+        source=source,
+        decided_by=decided_by,
+        decided_at=timezone.now(),
+        guidelines_version=project.guidelines_version,
+        review=review,
+    )
+    # One INSERT ... ON CONFLICT (item) DO UPDATE: update_or_create would take a savepoint, a
+    # locking SELECT and a write, four round trips on the submit that completes an item.
+    GoldLabel.objects.bulk_create(
+        [gold], update_conflicts=True, unique_fields=["item"], update_fields=_GOLD_DECISION_FIELDS
     )
     Item.objects.filter(pk=item.pk).update(
         status=Item.Status.GOLD, review_queue=ReviewQueue.NONE, review_leased_to=None, review_lease_expires=None
     )
     return gold
+
+
+_GOLD_DECISION_FIELDS = ["project", "categories", "source", "decided_by", "decided_at", "guidelines_version", "review"]
 
 
 def _needs_review(project: Project) -> bool:
@@ -417,6 +461,7 @@ def create_project(name: str, slug: str, categories: list[str] | None = None, ow
     names = categories or DEFAULT_CATEGORIES
     if len(names) > 9:
         raise ValueError("A project has at most 9 categories (keys 1..9).")
+    _check_mode(settings_.get("mode", Project.Mode.SINGLE), settings_.get("allow_none_of_these", False))
     with transaction.atomic():
         project = Project.objects.create(name=name, slug=slug, **settings_)
         GuidelineVersion.objects.create(project=project, version=project.guidelines_version, text=project.guidelines)
@@ -426,6 +471,13 @@ def create_project(name: str, slug: str, categories: list[str] | None = None, ow
         if owner is not None:
             Membership.objects.create(project=project, user=owner, role=Role.ADMIN)
     return project
+
+
+def _check_mode(mode: str, allow_none_of_these: bool) -> None:
+    if mode not in Project.Mode.values:
+        raise ValueError(f"Unknown mode {mode!r}; use {' or '.join(Project.Mode.values)}.")
+    if allow_none_of_these and mode != Project.Mode.MULTI:
+        raise ValueError("Only a multi-label project can allow “none of these”.")
 
 
 def add_member(project: Project, user, role: str = Role.ANNOTATOR) -> Membership:
