@@ -21,6 +21,11 @@ class ProjectAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ["name"]}
     inlines = [CategoryInline, MembershipInline]
 
+    def get_readonly_fields(self, request, obj=None):
+        # Chosen at creation; once there are items their labels are in this mode's shape.
+        fixed = ["mode"] if obj is not None and obj.mode_is_fixed() else []
+        return [*super().get_readonly_fields(request, obj), *fixed]
+
 
 @admin.register(Item)
 class ItemAdmin(admin.ModelAdmin):

@@ -134,7 +134,7 @@ def agreement_report(rows, resamples: int = RESAMPLES, seed: int = SEED) -> Agre
     boot = _bootstrap(features, table.n_items, resamples, seed)
     point = features.figures(np.asarray(features.matrix.sum(axis=0)).reshape(1, -1))
     # Fleiss and alpha: the libraries' values; the same formulas as `figures` (the tests check).
-    point["fleiss"], point["alpha"] = [_fleiss_point(table, features)], [_alpha_point(table)]
+    point["fleiss"], point["alpha"] = [_fleiss_point(table, features)], [_alpha_point(table, features)]
 
     def estimates(name: str, n_items, undefined_reason: str) -> list[Estimate]:
         return _estimates(point[name], boot[name], n_items, undefined_reason)
@@ -233,10 +233,14 @@ def _fleiss_point(table: _Table, features: "_Features") -> float | None:
     return float(fleiss_kappa(counts, method="fleiss"))
 
 
-def _alpha_point(table: _Table) -> float | None:
+def _alpha_point(table: _Table, features: "_Features") -> float | None:
     counts = table.value_counts().astype(np.float64)
     if np.count_nonzero(counts.sum(axis=0)) < 2:
         return None  # the package refuses a one-value domain; alpha is undefined there anyway
+    if table.n_items * table.n_labels**2 > _BATCH_CELLS:
+        # The package builds an items x values x values array: with the many distinct label sets of
+        # a multi-label project that is gigabytes. The same formula from the column sums instead.
+        return float(features.figures(np.asarray(features.matrix.sum(axis=0)).reshape(1, -1))["alpha"][0])
     return float(krippendorff.alpha(value_counts=counts, level_of_measurement="nominal"))
 
 

@@ -84,6 +84,8 @@ class ProjectAgreement:
     report: agreement.AgreementReport
     annotators: list[AnnotatorFigures]
     pairs: list[PairRow]
+    # The (item, annotator, label set) rows the report was computed on: multi-label figures reuse them.
+    rows: list = field(default_factory=list)
 
 
 def project_agreement(project: Project) -> ProjectAgreement:
@@ -104,7 +106,7 @@ def project_agreement(project: Project) -> ProjectAgreement:
         person.low_reasons = low_agreement_reasons(person)
     annotators = sorted(people.values(), key=lambda p: (not p.is_low, p.username))
     pairs = [PairRow(names.get(p.first, ""), names.get(p.second, ""), p) for p in _worst_first(report.pairs)]
-    return ProjectAgreement(report=report, annotators=annotators, pairs=pairs)
+    return ProjectAgreement(report=report, annotators=annotators, pairs=pairs, rows=rows)
 
 
 def _tally(annotations):

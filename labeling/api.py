@@ -210,10 +210,10 @@ def submit(request, slug):
         category_ids = _category_ids(project, values["categories"])
     except actions.QueueError as exc:
         return _bad_request(str(exc))
+    if not category_ids and not project.accepts_empty_label():
+        raise serializers.ValidationError({"categories": [_NO_CATEGORY[project.mode]]})
     if project.mode == Project.Mode.SINGLE and len(category_ids) != 1:
         return _bad_request("This project is single-label: send exactly one category.")
-    if not category_ids and not project.accepts_empty_label():
-        return _bad_request("Send at least one category: this project does not allow “none of these”.")
     _item_in_project(project, values["item"])
     # Two retries racing each other may both answer 201; either way one row is stored.
     replay = Annotation.objects.filter(annotator=request.user, client_request_id=values["client_request_id"]).exists()
@@ -229,6 +229,12 @@ def submit(request, slug):
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     answer = status.HTTP_200_OK if replay else status.HTTP_201_CREATED
     return Response(AnnotationSerializer(annotation).data, status=answer)
+
+
+_NO_CATEGORY = {
+    Project.Mode.SINGLE: "This project is single-label: send exactly one category.",
+    Project.Mode.MULTI: "Send at least one category: this project does not allow “none of these”.",
+}
 
 
 def _category_ids(project: Project, given: list[str]) -> list[int]:

@@ -40,7 +40,13 @@ REFUSED = OpenApiResponse(ErrorSerializer, description="Refused; the message say
 class ProjectCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     slug = serializers.SlugField(max_length=100, help_text="The project's address: /p/<slug>/.")
-    mode = serializers.ChoiceField(choices=Project.Mode.choices, default=Project.Mode.SINGLE)
+    mode = serializers.ChoiceField(
+        choices=Project.Mode.choices, default=Project.Mode.SINGLE,
+        help_text="single: one category per item; multi: a set of categories. Fixed once the project has items.",
+    )
+    allow_none_of_these = serializers.BooleanField(
+        default=False, help_text="Multi-label only: an empty set of categories is a valid label."
+    )
     annotations_per_item = serializers.IntegerField(min_value=1, max_value=20, default=1)
     categories = serializers.ListField(
         child=serializers.CharField(max_length=100), required=False, min_length=1, max_length=9,
@@ -57,11 +63,23 @@ class ProjectCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError("Category names must differ (case-insensitively).")
         return [n.strip() for n in names]
 
+    def validate(self, data):
+        if data.get("allow_none_of_these") and data.get("mode") != Project.Mode.MULTI:
+            raise serializers.ValidationError(
+                {"allow_none_of_these": ["Only a multi-label project can allow “none of these”."]}
+            )
+        return data
+
 
 class ProjectSettingsSerializer(serializers.Serializer):
     """The settings page's fields; send only those you change. Validated by the same form."""
 
     name = serializers.CharField(max_length=200, required=False)
+    mode = serializers.ChoiceField(
+        choices=Project.Mode.choices, required=False,
+        help_text="Can change only while the project has no items; otherwise 400.",
+    )
+    allow_none_of_these = serializers.BooleanField(required=False, help_text="Multi-label projects only.")
     guidelines = serializers.CharField(required=False, allow_blank=True, help_text="Markdown. A change starts a new guidelines version.")
     annotations_per_item = serializers.IntegerField(min_value=1, max_value=20, required=False)
     order = serializers.ChoiceField(choices=Project.Order.choices, required=False)

@@ -44,7 +44,12 @@ class Project(models.Model):
     slug = models.SlugField(max_length=100, unique=True)
     guidelines = models.TextField(blank=True)
     guidelines_version = models.PositiveIntegerField(default=1)
+    # Chosen at creation; fixed once the project has items (labels of one mode do not fit the other).
     mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.SINGLE)
+    allow_none_of_these = models.BooleanField(
+        default=False,
+        help_text="Multi-label only: an item may get no category at all (an explicit “none of these”).",
+    )
     annotations_per_item = models.PositiveSmallIntegerField(
         default=1, help_text="k: independent annotations each item needs, from k different people."
     )
@@ -84,6 +89,24 @@ class Project(models.Model):
 
     def category_by_key(self) -> dict[str, "Category"]:
         return {c.shortcut: c for c in self.categories.all()}
+
+    def clean(self):
+        from django.core.exceptions import ValidationError
+
+        if self.allow_none_of_these and self.mode != self.Mode.MULTI:
+            raise ValidationError({"allow_none_of_these": "Only a multi-label project can allow “none of these”."})
+
+    @property
+    def is_multi_label(self) -> bool:
+        return self.mode == self.Mode.MULTI
+
+    def accepts_empty_label(self) -> bool:
+        """Whether a label with no category is an answer here ("none of these"), not a mistake."""
+        return self.is_multi_label and self.allow_none_of_these
+
+    def mode_is_fixed(self) -> bool:
+        """The mode can change only while nothing has been imported or labeled."""
+        return self.items.exists()
 
 
 class Category(models.Model):
@@ -291,7 +314,11 @@ class Annotation(models.Model):
             models.UniqueConstraint(fields=["item", "annotator", "round"], name="annotation_once_per_person"),
             models.UniqueConstraint(fields=["annotator", "client_request_id"], name="annotation_idempotent"),
         ]
-        indexes = [models.Index(fields=["annotator", "project", "-created_at"], name="annotation_latest")]
+        indexes = [
+            models.Index(fields=["annotator", "project", "-created_at"], name="annotation_latest"),
+            # Throughput over the last days and "anything new since the last recount?", per project.
+            models.Index(fields=["project", "created_at"], name="annotation_by_time"),
+        ]
 
     def agrees_with(self, other: "Annotation") -> bool:
         return sorted(self.categories) == sorted(other.categories)

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from config import metrics
 
+from . import multilabel_splits
 from .actions import QueueError, _pull_back_cursors, _validated_categories, make_gold
 from .models import (
     Annotation,
@@ -222,7 +223,7 @@ def assign_splits(project: Project, batch: int = 5000) -> dict[str, int]:
     (after imports, before training), never on the annotation hot path.
     """
     assigned = {Split.TRAIN: 0, Split.HOLDOUT: 0}
-    tallies = None
+    tallies = held = None
     while True:
         with transaction.atomic(durable=True):
             Project.objects.select_for_update().filter(pk=project.pk).first()  # one assigner at a time
@@ -234,6 +235,11 @@ def assign_splits(project: Project, batch: int = 5000) -> dict[str, int]:
             )
             if not pending:
                 return assigned
+            if project.mode == Project.Mode.MULTI:  # per-category iterative stratification
+                held = held or multilabel_splits.holdings(project)
+                for split in multilabel_splits.assign(project, pending, held):
+                    assigned[split] += 1
+                continue
             tallies = tallies or _split_tallies(project)
             for item in pending:
                 split = _choose_split(project, item, tallies)

@@ -7,6 +7,7 @@ from django.views.decorators.http import require_GET
 from . import annotator_stats
 from .access import get_membership
 from .agreement import Estimate
+from .agreement_multilabel import multilabel_agreement
 from .models import Role
 from .views import login_required_htmx
 
@@ -46,7 +47,29 @@ def agreement(request, slug):
         "low_accuracy": annotator_stats.LOW_ACCURACY,
         "min_evidence": annotator_stats.MIN_EVIDENCE,
     }
+    if membership.project.is_multi_label:
+        context["multilabel"] = _multilabel_context(membership.project, figures.rows)
     return render(request, "labeling/agreement.html", context)
+
+
+def _multilabel_context(project, rows) -> dict:
+    """MASI alpha and one row per category (binary presence), in the project's key order."""
+    categories = list(project.categories.all())
+    figures = multilabel_agreement(rows, [c.id for c in categories])
+    return {
+        "masi_alpha": _shown(figures.masi_alpha),
+        "distinct_sets": figures.distinct_sets,
+        "categories": [
+            {
+                "category": category,
+                "prevalence": f"{row.prevalence:.0%}",
+                "percent": _shown(row.percent, as_percent=True),
+                "cohen": _shown(Estimate(value=row.cohen_kappa)),
+                "alpha": _shown(row.alpha),
+            }
+            for category, row in zip(categories, figures.categories, strict=True)
+        ],
+    }
 
 
 def _shown(estimate: Estimate, as_percent: bool = False) -> dict:

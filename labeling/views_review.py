@@ -40,8 +40,8 @@ def review_page(request, slug):
 def review_decide(request, slug):
     membership = get_membership(request.user, slug, Role.REVIEWER)
     queue = _queue_or_default(request.POST.get("queue"))
-    decision, category_ids = _decision_from(request.POST)
     try:
+        decision, category_ids = _decision_from(membership.project, request.POST)
         decided = review.decide_review(
             membership,
             item_id=_int_or_zero(request.POST.get("item")),
@@ -83,6 +83,17 @@ def _chosen_queue(membership, raw, counts) -> str:
     return next((q for q in review.QUEUES if counts[q]), ReviewQueue.REVIEW)
 
 
+def _ticked_set(project, post) -> list[int]:
+    ticked = [int(c) for c in post.getlist("correct_set") if c.isdigit()]
+    none_of_these = post.get("none_of_these") == "1"
+    if ticked and none_of_these:
+        raise QueueError("Tick categories or “none of these”, not both.")
+    if not ticked and not none_of_these:
+        also = " or “none of these” (key 0)" if project.accepts_empty_label() else ""
+        raise QueueError(f"Tick at least one category{also}, then press Enter to correct the label.")
+    return ticked
+
+
 def _queue_or_default(raw) -> str:
     return raw if raw in review.QUEUES else ReviewQueue.REVIEW
 
@@ -91,8 +102,12 @@ def _queue_url(slug, queue) -> str:
     return reverse("review", args=[slug]) + "?" + urlencode({"queue": queue})
 
 
-def _decision_from(post) -> tuple[str, list[int] | None]:
-    """A category key means "correct to that category"; otherwise the decision button pressed."""
+def _decision_from(project, post) -> tuple[str, list[int] | None]:
+    """A category key means "correct to that category"; otherwise the decision button pressed.
+    Multi-label: "correct" takes the ticked set, which (like on the annotate page) is empty only
+    when "none of these" is ticked explicitly."""
+    if project.is_multi_label and post.get("decision") == Review.Decision.CORRECT:
+        return Review.Decision.CORRECT, _ticked_set(project, post)
     correct_to = [c for c in post.getlist("correct_to") if c.isdigit()]
     if correct_to:
         return Review.Decision.CORRECT, [int(c) for c in correct_to]
@@ -111,6 +126,7 @@ def _decided_message(project, decided: Review) -> str:
     labels = ", ".join(names.get(c, str(c)) for c in decided.categories)
     if decided.decision == Review.Decision.REJECT:
         return f"Rejected item {decided.item_id}: it goes back for fresh annotations."
+    labels = labels or "none of these"
     if decided.decision == Review.Decision.APPROVE:
         return f"Approved item {decided.item_id} as {labels}."
     return f"Corrected item {decided.item_id} to {labels}."
@@ -132,6 +148,11 @@ def _page_context(membership, queue: str, item: Item | None, counts: dict) -> di
     }
     if item is not None:
         context.update(_item_context(item, queue, {c.id: c for c in categories}))
+    if project.is_multi_label and item is not None and not context["can_approve"]:
+        # The single-label hint says "press a number"; here a number only ticks a box.
+        context["approve_reason"] = context["approve_reason"].replace(
+            "choose the label with a number key", "tick the right categories (number keys) and press Enter"
+        )
     return context
 
 
@@ -160,6 +181,8 @@ def _item_context(item: Item, queue: str, by_id: dict) -> dict:
 
 
 def _names(category_ids, by_id) -> list[str]:
+    if not category_ids:
+        return ["none of these"]  # an empty set is an answer only where the project allows it
     return [by_id[c].name if c in by_id else f"#{c}" for c in category_ids]
 
 

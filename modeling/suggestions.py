@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 from django.db.models import Exists, OuterRef
 
-from labeling.models import Annotation, Assignment, GoldLabel, Item
+from labeling.models import Annotation, Assignment, GoldLabel, Item, Project
 
 from .models import Prediction
+from .multilabel import DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -26,6 +27,9 @@ class Bar:
     probability: float
     percent: int
     top: bool
+    # Multi-label projects: the category's decision threshold; the model would suggest the
+    # category when `probability >= threshold` (probabilities are independent, not a share).
+    threshold: float | None = None
 
 
 @dataclass
@@ -51,25 +55,30 @@ def for_card(membership, lease, categories) -> Suggestion | None:
         return Suggestion(False, "honeypot")
     if is_blind(membership.project, lease.item_id, membership.user_id):
         return Suggestion(False, "blind")
-    row = (
-        Prediction.objects.filter(item_id=lease.item_id)
-        .values("probabilities", "top_category_id", "model_version_id", "model_version__number")
-        .first()
-    )
+    fields = ["probabilities", "top_category_id", "model_version_id", "model_version__number"]
+    multi = membership.project.mode == Project.Mode.MULTI
+    if multi:
+        fields.append("model_version__params")  # the thresholds, by category name (runs._thresholds)
+    row = Prediction.objects.filter(item_id=lease.item_id).values(*fields).first()
     if row is None:
         return Suggestion(False, "none")
+    thresholds = (row["model_version__params"] or {}).get("thresholds", {}) if multi else None
     return Suggestion(
         True, "shown", row["model_version_id"], row["model_version__number"],
-        bars(categories, row["probabilities"], row["top_category_id"]),
+        bars(categories, row["probabilities"], row["top_category_id"], thresholds),
     )
 
 
-def bars(categories, probabilities: dict, top_category_id: int | None) -> list[Bar]:
-    """One bar per category, in the project's category order (the order of the keys)."""
+def bars(categories, probabilities: dict, top_category_id: int | None, thresholds: dict | None = None) -> list[Bar]:
+    """One bar per category, in the project's category order (the order of the keys).
+
+    `thresholds` (multi-label): category name -> decision threshold; a category the model has no
+    threshold for (added since it was trained) gets the default 0.5."""
     result = []
     for category in categories:
         probability = float(probabilities.get(str(category.id), 0.0))
-        result.append(Bar(category, probability, round(probability * 100), category.id == top_category_id))
+        threshold = None if thresholds is None else float(thresholds.get(category.name, DEFAULT_THRESHOLD))
+        result.append(Bar(category, probability, round(probability * 100), category.id == top_category_id, threshold))
     return result
 
 

@@ -76,8 +76,9 @@
     if (!isReady(slot)) { say("The next item is still on its way; press again once it shows.", "busy"); return; }
     const labeling = form.classList.contains("label-form");
     const multi = form.classList.contains("multi");
-    if (labeling && multi && !form.querySelector("input[name=category]:checked")) {
-      say("Tick at least one category (keys 1–9), then press Enter.", "busy");
+    if (labeling && multi && !form.querySelector("input[name=category]:checked, input[name=none_of_these]:checked")) {
+      const none = form.querySelector("input[name=none_of_these]") ? " or “none of these” (0)" : "";
+      say("Tick at least one category (keys 1–9)" + none + ", then press Enter.", "busy");
       return;
     }
     clearStatus();
@@ -214,10 +215,20 @@
     const slot = visibleSlot();
     const box = slot && slot.querySelector('.label-form.multi input[data-key="' + key + '"]');
     const button = slot && slot.querySelector('.label-form button[data-key="' + key + '"]');
-    if (box) { if (isReady(slot)) box.checked = !box.checked; }
+    if (box) { if (isReady(slot)) { box.checked = !box.checked; exclusive(box); } }
     else if (button) act(slot, button.form, button.value);
     else if (!itemIn(slot)) say("Nothing to label right now.");
   }
+
+  // "None of these" and the categories exclude each other: ticking one unticks the other side.
+  function exclusive(box) {
+    if (!box.checked) return;
+    const others = box.name === "none_of_these" ? "input[name=category]" : "input[name=none_of_these]";
+    for (const other of box.form.querySelectorAll(others)) other.checked = false;
+  }
+  document.addEventListener("change", (e) => {
+    if (e.target.matches && e.target.matches(".label-form.multi input[type=checkbox]")) exclusive(e.target);
+  });
 
   function sendTicked() {
     const slot = visibleSlot();
@@ -232,7 +243,7 @@
   }
 
   const keys = { s: skip, u: undo, g: () => toggleGuidelines(), "?": toggleShortcuts, Enter: sendTicked };
-  for (let digit = 1; digit <= 9; digit++) keys[String(digit)] = () => label(String(digit));
+  for (let digit = 0; digit <= 9; digit++) keys[String(digit)] = () => label(String(digit));
 
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.isComposing) return;

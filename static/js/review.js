@@ -1,6 +1,8 @@
 // Keyboard-first review. One card at a time: a key sends the decision with htmx, and the response
 // (the next item of the same queue, plus fresh queue counts) replaces the card.
 // Keys: a approve, 1..9 correct to that category, r reject, n note, ? help.
+// Multi-label projects: 1..9 (and 0, "none of these", where allowed) tick boxes; Enter corrects to
+// the ticked set.
 (function () {
   "use strict";
   const root = document.getElementById("review");
@@ -35,6 +37,13 @@
     f.dataset.sent = "1";
     f.querySelector("[name=duration_ms]").value =
       Math.round(performance.now() - Number(card().dataset.shownAt || performance.now()));
+    if (decision === "correct" && !categoryId && f.querySelector(".choices.multi")) {
+      if (!f.querySelector("input[name=correct_set]:checked, input[name=none_of_these]:checked")) {
+        delete f.dataset.sent;
+        status("Tick at least one category (number keys), then press Enter.", "error");
+        return;
+      }
+    }
     if (categoryId) fill(f, "correct_to", categoryId); else fill(f, "decision", decision);
     slot().classList.add("sending");
     status("Saving…", "busy");
@@ -73,10 +82,19 @@
     if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;
     const t = e.target;
     if (t && t.classList && t.classList.contains("review-note") && e.key === "Escape") { e.preventDefault(); t.blur(); return; }
-    if (t && (t.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(t.tagName))) return;
+    if (t && (t.isContentEditable || /^(TEXTAREA|SELECT)$/.test(t.tagName))) return;
+    if (t && t.tagName === "INPUT" && t.type !== "checkbox") return;
     if (e.key === "?") { e.preventDefault(); toggleShortcuts(); return; }
     if (document.getElementById("shortcuts").open || !form()) return;
-    if (e.key >= "1" && e.key <= "9") {
+    const box = e.key.length === 1 && form().querySelector('.choices.multi input[data-key="' + e.key + '"]');
+    if (box) {
+      e.preventDefault();
+      box.checked = !box.checked;
+      exclusive(box);
+      status("");
+    } else if (e.key === "Enter" && form().querySelector(".choices.multi")) {
+      e.preventDefault(); decide("correct");
+    } else if (e.key >= "1" && e.key <= "9") {
       const button = form().querySelector('.choices button[data-key="' + e.key + '"]');
       if (button) { e.preventDefault(); decide("correct", button.value); }
     } else if (e.key === "a") {
@@ -86,6 +104,16 @@
     } else if (e.key === "n") {
       e.preventDefault(); form().querySelector(".review-note").focus();
     }
+  });
+
+  // "None of these" and the categories exclude each other.
+  function exclusive(box) {
+    if (!box.checked) return;
+    const others = box.name === "none_of_these" ? "input[name=correct_set]" : "input[name=none_of_these]";
+    for (const other of box.form.querySelectorAll(others)) other.checked = false;
+  }
+  document.addEventListener("change", (e) => {
+    if (e.target.matches && e.target.matches(".review-form .choices.multi input[type=checkbox]")) exclusive(e.target);
   });
 
   // Clicks take the same path as keys (one request, duration measured).

@@ -20,10 +20,18 @@ class Command(BaseCommand):
         )
         parser.add_argument("--project", required=True, help="Project slug")
         parser.add_argument("--create", action="store_true", help="Create the project (four default categories) if missing")
+        parser.add_argument(
+            "--mode", choices=Project.Mode.values,
+            help="With --create: single-label (default) or multi-label. Fixed once the project has items.",
+        )
+        parser.add_argument(
+            "--allow-none-of-these", action="store_true",
+            help="With --create --mode multi: an empty set of categories is a valid label.",
+        )
 
-    def handle(self, *args, file, project, create, **options):
+    def handle(self, *args, file, project, create, mode, allow_none_of_these, **options):
         with self._open(file) as source:
-            target, created = self._project(project, create)
+            target, created = self._project(project, create, mode, allow_none_of_these)
             try:
                 result = import_items(target, source, self._name(file), size=self._size(file))
             except ImportRejected as exc:
@@ -47,13 +55,18 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"Cannot read {file}: {exc.strerror}.") from None
 
-    def _project(self, slug: str, create: bool) -> tuple[Project, bool]:
+    def _project(self, slug: str, create: bool, mode: str, allow_none: bool) -> tuple[Project, bool]:
         target = Project.objects.filter(slug=slug).first()
         if target is not None:
+            if mode and target.mode != mode:
+                raise CommandError(f"Project '{slug}' exists and is {target.get_mode_display()}; --mode {mode} cannot change it.")
             return target, False
         if not create:
             raise CommandError(f"No project '{slug}'. Pass --create to make it with the default categories.")
-        return actions.create_project(slug, slug), True
+        try:
+            return actions.create_project(slug, slug, mode=mode or Project.Mode.SINGLE, allow_none_of_these=allow_none), True
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
 
     @staticmethod
     def _name(file: str) -> str:
