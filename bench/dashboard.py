@@ -1,4 +1,4 @@
-"""Bench: project dashboard render time at 1M items and 100k annotations.
+"""Bench: project dashboard and model page render time at 1M items and 100k annotations.
 
     BENCH_BACKEND=sqlite|postgres BENCH_ITEMS=1000000 BENCH_ANNOTATIONS=100000 .venv/bin/python bench/dashboard.py
 
@@ -10,7 +10,11 @@ queue. Then times, through Django's test client as a logged-in member:
   - the background recount (labeling.tasks.recount_progress), once;
   - the dashboard with its live figures cached (the common case), and with them cold (the first
     view each minute: review queue counts and 7-day throughput are queried).
-One JSON line each: {"name":"dashboard","case":...,"p50_ms":...,"p95_ms":...,"queries":...}.
+  - the model page (12 finished versions with full holdout reports; half the annotations made
+    with a suggestion shown; its influence report comes from the recount) with the gold-label
+    pace cached and cold (the first view every ten minutes: an indexed count);
+  - its three SVG charts, drawn (the first view of a new version) and from the cache.
+One JSON line each: {"name":"dashboard"|"model_page"|"model_chart","case":...,"p50_ms":...,"p95_ms":...,"queries":...}.
 Target: ≤ 300 ms at 1M items and 100k annotations.
 """
 import json
@@ -106,6 +110,45 @@ def build_project():
     return project
 
 
+VERSIONS = 12
+
+
+def ensure_model_history(project):
+    """Twelve finished versions with full holdout reports (the last one serving), and the second
+    half of the annotations made with its suggestion shown: what the model page reads. Once."""
+    from labeling.models import Annotation
+    from modeling.models import ModelVersion
+
+    if ModelVersion.objects.filter(project=project).exists():
+        return
+    rng = random.Random(11)
+    names = list(project.categories.values_list("name", flat=True))
+    for number in range(1, VERSIONS + 1):
+        f1 = 0.9 - 0.3 / number + rng.uniform(-0.004, 0.004)
+        matrix = [[rng.randint(0, 80) + (900 if i == j else 0) for j in range(len(names))] for i in range(len(names))]
+        bins = [{"lower": i / 10, "upper": (i + 1) / 10, "count": 0 if i < 3 else 100 * i,
+                 "mean_confidence": None if i < 3 else i / 10 + 0.05, "accuracy": None if i < 3 else min(1, i / 10 + 0.03)}
+                for i in range(10)]
+        ModelVersion.objects.create(
+            project=project, number=number, status=ModelVersion.Status.DONE, algorithm="tfidf_logreg",
+            trained_on=4000 * number, holdout_size=10_000, active=number == VERSIONS, promoted=True,
+            promotion_reason="Not worse than the serving version.",
+            metrics={"accuracy": f1, "weighted_f1": f1, "macro_f1": f1 - 0.03,
+                     "per_class": {n: {"precision": f1, "recall": f1, "f1": f1, "support": 2500} for n in names},
+                     "confusion_matrix": {"labels": names, "matrix": matrix},
+                     "calibration": {"ece": 0.04, "bins": bins},
+                     "slices": {"short_text": {"n": 800, "accuracy": f1 - 0.05, "weighted_f1": f1 - 0.05}}},
+            baselines={"rules": {"weighted_f1": 0.52, "accuracy": 0.55, "macro_f1": 0.5},
+                       "majority": {"weighted_f1": 0.1, "accuracy": 0.25, "macro_f1": 0.1}},
+        )
+    active = ModelVersion.objects.get(project=project, active=True)
+    first = project.categories.order_by("order").first()
+    middle = Annotation.objects.filter(project=project).order_by("pk").values_list("pk", flat=True)[ANNOTATIONS // 2]
+    Annotation.objects.filter(project=project, pk__gte=middle).update(
+        suggestion_shown=True, suggested_category=first, model_version_id=active.pk
+    )
+
+
 def timed(client, url, runs: int, before=None) -> tuple[list[float], int]:
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
@@ -123,11 +166,11 @@ def timed(client, url, runs: int, before=None) -> tuple[list[float], int]:
     return times, queries
 
 
-def line(case: str, times: list[float], queries: int, **extra) -> str:
+def line(case: str, times: list[float], queries: int, name: str = "dashboard", **extra) -> str:
     ordered = sorted(times)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return json.dumps({
-        "name": "dashboard", "case": case, "backend": BACKEND, "items": ITEMS, "annotations": ANNOTATIONS,
+        "name": name, "case": case, "backend": BACKEND, "items": ITEMS, "annotations": ANNOTATIONS,
         "runs": len(times), "p50_ms": round(statistics.median(times), 1), "p95_ms": round(p95, 1),
         "queries": queries, "target_ms": 300, **extra,
     })
@@ -156,6 +199,7 @@ def main() -> None:
             cursor.execute("ANALYZE")  # fresh statistics after the bulk load, as autovacuum keeps them
     print(f"# bench project ready in {time.perf_counter() - started:.1f}s", file=sys.stderr)
 
+    ensure_model_history(project)
     started = time.perf_counter()
     progress = actions.recount_progress(project)  # what the Celery task does, once a minute at most
     recount_s = time.perf_counter() - started
@@ -168,12 +212,37 @@ def main() -> None:
     member = Membership.objects.filter(project=project).select_related("user").first()
     client = Client(HTTP_HOST="localhost")  # one of the default ALLOWED_HOSTS
     client.force_login(member.user)
+    client.session_user = member.user
     url = reverse("dashboard", args=[project.slug])
     client.get(url)  # warm-up: templates compiled, connection open
     times, queries = timed(client, url, RUNS)
     print(line("live figures cached", times, queries), flush=True)
     times, queries = timed(client, url, max(10, RUNS // 4), before=lambda: cache.delete(f"dashboard:live:{project.pk}"))
     print(line("live figures cold (first view each minute)", times, queries), flush=True)
+    bench_model_page(project, client)
+
+
+def bench_model_page(project, client) -> None:
+    from django.core.cache import cache
+    from django.urls import reverse
+
+    from labeling.models import Membership, Role
+    from modeling import charts
+
+    Membership.objects.filter(project=project, user=client.session_user).update(role=Role.REVIEWER)
+    url = reverse("model", args=[project.slug])
+    client.get(url)  # warm-up, and the per-minute figures cached
+    times, queries = timed(client, url, RUNS)
+    print(line("gold pace cached", times, queries, name="model_page"), flush=True)
+
+    times, queries = timed(client, url, max(5, RUNS // 8), before=lambda: cache.delete(f"model-page:gold-pace:{project.pk}"))
+    print(line("gold pace cold (first view every ten minutes)", times, queries, name="model_page"), flush=True)
+    for chart in charts.CHARTS:
+        chart_url = reverse("model_chart", args=[project.slug, "dark", chart])
+        times, queries = timed(client, chart_url, max(5, RUNS // 8), before=cache.clear)
+        print(line(f"{chart}: drawn", times, queries, name="model_chart"), flush=True)
+        times, queries = timed(client, chart_url, RUNS)
+        print(line(f"{chart}: from the cache", times, queries, name="model_chart"), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Celery tasks: thin, take ids, call actions. Queue them with `delay_on_commit`."""
 import functools
 import logging
+from datetime import timedelta
 
 from celery import shared_task
 from celery.contrib.django.task import DjangoTask
 from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from kombu.exceptions import OperationalError
 
 from . import actions
@@ -35,6 +38,25 @@ class RefreshTask(DjangoTask):
 def recount_progress(project_id: int) -> dict:
     project = Project.objects.filter(pk=project_id).first()
     return actions.recount_progress(project) if project else {}
+
+
+@shared_task(base=RefreshTask)
+def recount_stale_progress() -> int:
+    """On the beat schedule: queue a recount for every project whose figures are older than
+    RECOUNT_EVERY, so the dashboard's aggregates heal even when nobody opens it (a lost recount
+    message, a write path that forgot to ask). Returns how many were queued."""
+    stale = [pk for pk, progress in Project.objects.values_list("pk", "progress") if _is_stale(progress)]
+    for pk in stale:
+        recount_progress.delay_on_commit(pk)
+    return len(stale)
+
+
+RECOUNT_EVERY = timedelta(minutes=10)
+
+
+def _is_stale(progress: dict) -> bool:
+    counted_at = parse_datetime((progress or {}).get("counted_at") or "")
+    return counted_at is None or timezone.now() - counted_at >= RECOUNT_EVERY
 
 
 @shared_task(base=RefreshTask)

@@ -8,6 +8,7 @@ from . import (
     views_agreement,
     views_dashboard,
     views_export,
+    views_import,
     views_ops,
     views_review,
 )
@@ -23,7 +24,8 @@ urlpatterns = [
     path("p/<slug:slug>/annotate/skip/", views.annotate_skip, name="annotate_skip"),
     path("p/<slug:slug>/annotate/undo/", views.annotate_undo, name="annotate_undo"),
     path("p/<slug:slug>/guidelines/", views.guidelines, name="guidelines"),
-    path("p/<slug:slug>/import/", views.import_page, name="import"),
+    path("p/<slug:slug>/import/", views_import.import_page, name="import"),
+    path("p/<slug:slug>/import/progress/<slug:token>/", views_import.import_progress, name="import_progress"),
     path("p/<slug:slug>/settings/", views.settings_page, name="settings"),
     path("p/<slug:slug>/review/", views_review.review_page, name="review"),
     path("p/<slug:slug>/review/decide/", views_review.review_decide, name="review_decide"),

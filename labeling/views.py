@@ -18,8 +18,8 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -27,8 +27,7 @@ from modeling import suggestions
 
 from . import actions
 from .access import get_membership, projects_for
-from .forms import ImportForm, ProjectSettingsForm
-from .importer import import_with_history
+from .forms import ProjectSettingsForm
 from .models import Annotation, Assignment, Role
 
 
@@ -94,7 +93,7 @@ def annotate_submit(request, slug):
         actions.submit_annotation(
             membership,
             item_id=item_id,
-            category_ids=[c for c in request.POST.getlist("category") if c.isdigit()],
+            category_ids=_chosen_categories(membership.project, request.POST),
             client_request_id=request.POST.get("request_id", "")[:64],
             duration_ms=_int_or_zero(request.POST.get("duration_ms")),
             # What the card showed, worked out again here: never taken from the browser.
@@ -128,6 +127,21 @@ def annotate_undo(request, slug):
     # The undone lease is now the person's oldest, so it comes first.
     leases = actions.claim_stage(membership)
     return render(request, "labeling/_stage.html", _stage_context(membership, leases, _categories(membership)))
+
+
+def _chosen_categories(project, post) -> list[str]:
+    """The ticked or pressed categories. In a multi-label project an empty set must be said
+    explicitly ("none of these", where allowed), so a stray Enter never stores an empty label."""
+    chosen = [c for c in post.getlist("category") if c.isdigit()]
+    if not project.is_multi_label:
+        return chosen
+    none_of_these = post.get("none_of_these") == "1"
+    if none_of_these and chosen:
+        raise actions.QueueError("Tick categories or “none of these”, not both.")
+    if not chosen and not none_of_these:
+        also = " or “none of these” (key 0)" if project.accepts_empty_label() else ""
+        raise actions.QueueError(f"Tick at least one category{also} (keys 1–9), then press Enter.")
+    return chosen
 
 
 def _page_context(membership, leases) -> dict:
@@ -273,28 +287,6 @@ def guidelines(request, slug):
 
 
 # --- admin pages ------------------------------------------------------------------------------
-
-
-@require_http_methods(["GET", "POST"])
-@login_required
-def import_page(request, slug):
-    membership = get_membership(request.user, slug, Role.ADMIN)
-    project = membership.project
-    form = ImportForm(request.POST or None, request.FILES or None)
-    if request.method == "POST" and form.is_valid():
-        upload = form.cleaned_data["file"]
-        job = import_with_history(project, upload, upload.name, user=request.user, size=upload.size)
-        if job.error:
-            messages.error(request, f"Nothing was imported from {job.filename}: {job.error}")
-        else:
-            messages.success(
-                request,
-                f"Imported {job.created:,} items from {job.filename} ({job.duplicates:,} duplicates "
-                f"skipped, {job.gold_labels:,} gold labels).",
-            )
-        return redirect("import", slug=slug)
-    jobs = project.imports.all()[:20]
-    return render(request, "labeling/import.html", {"project": project, "membership": membership, "form": form, "jobs": jobs})
 
 
 @require_http_methods(["GET", "POST"])

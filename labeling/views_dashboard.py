@@ -16,11 +16,11 @@ def dashboard_page(request, slug):
     project = membership.project
     figures = dashboard.summary(project)
     if figures["stale"]:
-        _ask_for_recount(project)
+        ask_for_recount(project)
     return render(request, "labeling/dashboard.html", {"project": project, "membership": membership, **figures})
 
 
-def _ask_for_recount(project) -> None:
+def ask_for_recount(project) -> None:
     """Stored figures older than a minute: queue one recount (at most one a minute per project,
     however many people look), never count here."""
     if cache.add(f"dashboard:recount-queued:{project.pk}", 1, 60):

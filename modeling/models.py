@@ -156,3 +156,7 @@ class PredictLog(models.Model):
     ok = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        # The model page reads a project's latest requests: newest first, limited.
+        indexes = [models.Index(fields=["project", "-created_at"], name="predictlog_latest")]

@@ -5,6 +5,7 @@ from . import api, views
 urlpatterns = [
     path("p/<slug:slug>/model/", views.model_page, name="model"),
     path("p/<slug:slug>/model/progress/", views.model_progress, name="model_progress"),
+    path("p/<slug:slug>/model/charts/<slug:theme>/<slug:chart>.svg", views.model_chart, name="model_chart"),
     path("p/<slug:slug>/model/train/", views.train_now, name="model_train"),
     path("p/<slug:slug>/model/rules/", views.add_rule, name="model_rule_add"),
     path("p/<slug:slug>/model/rules/<int:rule_id>/delete/", views.delete_rule, name="model_rule_delete"),

@@ -4,18 +4,27 @@ for admins the "train now" button and the rules and slices editors.
 
 Every form posts to a real URL and answers with a redirect (works without JavaScript); the
 progress box polls its own partial with htmx while a run is in flight."""
+from datetime import timedelta
+
+from csp.decorators import csp_replace
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRefresh
 
+from labeling import dashboard
 from labeling.access import get_membership
-from labeling.models import Role
+from labeling.models import GoldLabel, Role
+from labeling.views_dashboard import ask_for_recount
 
-from . import actions, runs, suggestions
+from . import actions, cadence, charts, runs
 from .models import ModelVersion, PredictLog, Rule, Slice
 
 RUN_STEPS = [
@@ -48,22 +57,27 @@ class SliceForm(forms.Form):
 def model_page(request, slug):
     membership = get_membership(request.user, slug, Role.REVIEWER)
     project = membership.project
-    versions = list(ModelVersion.objects.filter(project=project).order_by("-number")[:30])
+    versions = list(ModelVersion.objects.filter(project=project).order_by("-number")[: charts.HISTORY_VERSIONS])
     active = next((v for v in versions if v.active), None) or ModelVersion.objects.filter(project=project, active=True).first()
     context = {
+        # Template names cannot hold a hyphen: f1-history is charts.f1_history there.
+        "charts": {name.replace("-", "_"): key for name, key in charts.chart_keys(versions, active).items()},
+        "advice": _advice(project, versions),
         "project": project,
         "membership": membership,
         "is_admin": membership.has_role(Role.ADMIN),
         "versions": versions,
         "active": active,
         "active_report": _version_report(active) if active else None,
-        "influence": suggestions.influence(project),
+        "influence": _influence(project),
+        "influence_counted_at": parse_datetime((project.progress or {}).get("counted_at") or ""),
+        "influence_stale": dashboard.is_stale(project.progress or {}),
         "online": _online_figures(project),
         "rules": Rule.objects.filter(project=project).select_related("category"),
         "slices": Slice.objects.filter(project=project).order_by("name"),
         "rule_form": RuleForm(project),
         "slice_form": SliceForm(),
-        **_progress_context(project),
+        **_progress_context(project, versions[0] if versions else None),
     }
     return render(request, "modeling/model.html", context)
 
@@ -84,6 +98,30 @@ def model_progress(request, slug):
     if run is not None and str(run.pk) == watching and not run.is_running():
         return HttpResponseClientRefresh()
     return render(request, "modeling/model.html#progress", context)
+
+
+@require_GET
+@login_required
+# An SVG shown through <img> runs no script; matplotlib styles its shapes with inline CSS.
+@csp_replace({"default-src": ["'none'"], "style-src": ["'unsafe-inline'"], "script-src": ["'none'"]})
+def model_chart(request, slug, theme, chart):
+    """One chart as SVG, drawn once per model version and theme (see modeling/charts.py). The
+    version key is in the query string, so the browser may cache the image as long as it likes."""
+    membership = get_membership(request.user, slug, Role.REVIEWER)
+    if chart not in charts.CHARTS or theme not in charts.THEMES:
+        raise Http404("No such chart.")
+    project = membership.project
+    versions = list(ModelVersion.objects.filter(project=project).order_by("-number")[: charts.HISTORY_VERSIONS])
+    active = next((v for v in versions if v.active), None) or ModelVersion.objects.filter(project=project, active=True).first()
+    key = charts.chart_keys(versions, active).get(chart)
+    if key is None:
+        raise Http404("This chart has nothing to show yet.")
+    svg = charts.cached_svg(project.pk, chart, theme, key, lambda: charts.draw(chart, theme, versions, active))
+    response = HttpResponse(svg, content_type="image/svg+xml")
+    # Private: the figures are the project's. Long-lived only when the URL names this version.
+    fresh = request.GET.get("v") == key
+    response["Cache-Control"] = f"private, max-age={86400 * 7 if fresh else 0}"
+    return response
 
 
 @require_POST
@@ -154,13 +192,46 @@ def delete_slice(request, slug, slice_id):
 # --- context ------------------------------------------------------------------------------------
 
 
-def _progress_context(project) -> dict:
-    run = ModelVersion.objects.filter(project=project).order_by("-number").first()
+def _progress_context(project, newest=...) -> dict:
+    """The progress box's context; `newest` is the project's newest version when already at hand."""
+    run = ModelVersion.objects.filter(project=project).order_by("-number").first() if newest is ... else newest
     steps = []
     if run is not None and run.status != ModelVersion.Status.FAILED:
         position = RUN_STEPS.index(run.status)
         steps = [{"name": step.label, "passed": i < position, "current": i == position} for i, step in enumerate(RUN_STEPS)]
     return {"run": run, "run_steps": steps}
+
+
+GOLD_PACE_DAYS = 7
+GOLD_PACE_SECONDS = 600
+
+
+def _gold_per_day(project) -> float:
+    """New gold labels a day over the last week: one count over the (project, decided_at) index,
+    kept for ten minutes so page views do not repeat it."""
+    key = f"model-page:gold-pace:{project.pk}"
+    pace = cache.get(key)
+    if pace is None:
+        since = timezone.now() - timedelta(days=GOLD_PACE_DAYS)
+        pace = GoldLabel.objects.filter(project=project, decided_at__gte=since).count() / GOLD_PACE_DAYS
+        cache.set(key, pace, GOLD_PACE_SECONDS)
+    return pace
+
+
+def _influence(project) -> dict | None:
+    """The suggestion-influence report reads every annotation and gold label of the project
+    (seconds at 100k annotations), so the background recount keeps it in Project.progress beside
+    the dashboard's figures; a page view only asks for a recount when they are a minute old."""
+    if dashboard.is_stale(project.progress or {}):
+        ask_for_recount(project)
+    return (project.progress or {}).get("influence")
+
+
+def _advice(project, versions) -> cadence.Advice:
+    history = [(p["trained_on"], p["weighted_f1"]) for p in charts.history_points(versions)]
+    if len(history) < 2:  # no advice to give: spare the count
+        return cadence.retraining_advice(history, 0.0, project.retrain_every)
+    return cadence.retraining_advice(history, _gold_per_day(project), project.retrain_every)
 
 
 def _form_errors(form) -> str:

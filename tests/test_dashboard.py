@@ -191,3 +191,27 @@ def test_it_shows_failed_jobs_with_their_error_and_inference_percentiles(project
     (hour,), (day,) = [stats for _, stats in response.context["inference"]]
     assert (hour["requests"], hour["errors"], hour["p50"], hour["p95"]) == (100, 5, 51, 95)
     assert (day["requests"], day["p95"]) == (101, 96)
+
+
+# --- healing: the beat schedule recounts stale figures -------------------------------------------
+
+
+@pytest.mark.django_db
+def test_it_recounts_projects_whose_figures_are_stale_on_the_beat_schedule(
+    project, django_capture_on_commit_callbacks, settings
+):
+    from config.celery import app
+    from labeling import tasks
+
+    entry = settings.CELERY_BEAT_SCHEDULE["recount-stale-progress"]
+    assert entry["task"] == "labeling.tasks.recount_stale_progress" and entry["task"] in app.tasks
+    assert entry["schedule"] <= tasks.RECOUNT_EVERY.total_seconds()  # a stale project waits one period at most
+    fresh = actions.create_project("Fresh", "fresh")
+    actions.recount_progress(fresh)
+    old = actions.create_project("Old", "old")
+    old.progress = {"items": 3, "counted_at": (timezone.now() - timedelta(minutes=11)).isoformat()}
+    old.save()
+
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        assert tasks.recount_stale_progress() == 2  # `project` was never counted, `old` long ago
+    assert len(queued) == 2

@@ -3,6 +3,7 @@ rules and slices editors."""
 import re
 
 import pytest
+from django.core.cache import cache
 from django.test import Client
 
 from modeling import runs, serving
@@ -18,6 +19,7 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 def model_dir(settings, tmp_path):
     settings.LABELLOOP = {**settings.LABELLOOP, "MODEL_DIR": str(tmp_path / "models"), "TRAIN_ALGORITHMS": ["majority", "tfidf_logreg"]}
     serving.forget_all()
+    cache.clear()  # the page caches its influence report and gold pace per project id
     yield
     serving.forget_all()
 
@@ -103,7 +105,8 @@ def test_it_queues_a_run_from_the_button_for_admins_only(project, member, django
         response = admin.post(url(project, "train/"), follow=True)
 
     assert "Training run v1 is queued" in response.content.decode()
-    assert len(published) == 1
+    # The run, published on commit (the page it redirects to may also ask for a figures recount).
+    assert len([c for c in published if "recount_progress" not in repr(c)]) == 1
     assert ModelVersion.objects.get().trigger == ModelVersion.Trigger.BUTTON
     again = admin.post(url(project, "train/"), follow=True).content.decode()
     assert "Run v1 is still in progress" in again and ModelVersion.objects.count() == 1
