@@ -8,7 +8,7 @@ FIND_LINKS := $(if $(WHEELS),--find-links $(WHEELS),)
 TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/test
 PORT ?= 8000
 
-.PHONY: install run test test-sqlite test-postgres bench clean
+.PHONY: install run test test-sqlite test-postgres bench bench-core load faults clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,8 +41,24 @@ test-postgres: install
 		echo "PostgreSQL at $(TEST_POSTGRES_URL) is unreachable: skipped the PostgreSQL pass."; \
 	fi
 
-bench: install
+# Every benchmark, one JSON object per line; the big ones build their database once and reuse it.
+bench: bench-core
+	$(BIN)/python bench/multilabel.py
+	$(BIN)/python bench/agreement.py
+	$(BIN)/python bench/export.py
+	$(BIN)/python bench/dashboard.py
+	$(BIN)/python bench/modeling.py
+
+bench-core: install
 	$(BIN)/python bench/run.py
+
+# Minutes each, so not in `make test` (which runs short versions: tests/test_load_short.py and
+# tests/test_faults_stopped.py). Both need PostgreSQL; faults also redis-server and initdb.
+load: install
+	BENCH_POSTGRES_URL=$(TEST_POSTGRES_URL) $(BIN)/python bench/load.py --annotators 50 --reviewers 5 --seconds 300 --items 100000
+
+faults: install
+	FAULTS_FULL=1 DATABASE_URL=$(TEST_POSTGRES_URL) $(BIN)/python -m pytest -s tests/test_faults.py tests/test_faults_stopped.py
 
 clean:
 	rm -rf $(VENV) var

@@ -50,6 +50,9 @@ def parse_args():
     )
     parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    parser.add_argument(
+        "--database", default=DB_NAME, help="database to drop and make afresh (one per concurrent run)"
+    )
     return parser.parse_args()
 
 
@@ -58,7 +61,7 @@ def server_url() -> str:
     return url if url.startswith("postgres") else "postgres://postgres@127.0.0.1:5432/postgres"
 
 
-def fresh_database() -> str:
+def fresh_database(name: str) -> str:
     import psycopg2
 
     config = dj_database_url.parse(server_url())
@@ -71,10 +74,10 @@ def fresh_database() -> str:
     )
     admin.autocommit = True
     with admin.cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-        cursor.execute(f'CREATE DATABASE "{DB_NAME}"')
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cursor.execute(f'CREATE DATABASE "{name}"')
     admin.close()
-    return server_url().rsplit("/", 1)[0] + "/" + DB_NAME
+    return server_url().rsplit("/", 1)[0] + "/" + name
 
 
 def free_port() -> int:
@@ -280,7 +283,7 @@ def wait_until_up(base, process, timeout=60):
 
 def main():
     args = parse_args()
-    database_url = fresh_database()
+    database_url = fresh_database(args.database)
     var_dir = tempfile.mkdtemp(prefix="labelloop-load-")
     env = server_env(database_url, var_dir)
     os.environ.update(

@@ -23,7 +23,7 @@ def add_rule(project: Project, category_id: int, pattern: str, is_regex: bool) -
     if category is None:
         raise ModelingError("Choose one of this project's categories.")
     try:
-        training.compile_pattern(pattern if is_regex else training.keyword_pattern(pattern))
+        training.check_rule(pattern if is_regex else training.keyword_pattern(pattern))
     except training.InvalidRule as error:
         raise ModelingError(str(error)) from None
     try:

@@ -23,9 +23,11 @@ def model_dir() -> Path:
     return path
 
 
-def write_temporary(model) -> tuple[Path, str]:
-    """Dump `model` to a temporary file in the model folder; returns (path, sha256)."""
-    fd, name = tempfile.mkstemp(prefix="tmp-", suffix=".joblib", dir=model_dir())
+def write_temporary(model, owner: str = "") -> tuple[Path, str]:
+    """Dump `model` to a temporary file in the model folder; returns (path, sha256). `owner` (a
+    run's label) goes in the name, so the leftovers of a run whose worker died can be found."""
+    prefix = f"tmp-{owner}-" if owner else "tmp-"
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".joblib", dir=model_dir())
     with os.fdopen(fd, "wb") as out:
         joblib.dump(model, out, compress=3)
         out.flush()
@@ -62,6 +64,14 @@ def load_verified(path: str, expected_sha256: str):
     if not expected_sha256 or file_sha256(resolved) != expected_sha256:
         raise ArtifactError(f"Model file {path} does not match its recorded hash; refusing to load it.")
     return joblib.load(resolved)
+
+
+def discard_temporaries_of(owner: str) -> int:
+    """Remove the temporary files a run (see write_temporary) left when its worker was killed."""
+    leftovers = list(model_dir().glob(f"tmp-{owner}-*.joblib"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return len(leftovers)
 
 
 def sweep_temporaries(max_age_seconds: int = 24 * 3600) -> int:

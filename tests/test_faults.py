@@ -2,8 +2,8 @@
 PostgreSQL and Redis): a broker nobody listens on, and a PostgreSQL backend killed in the middle of
 a request's transaction or unreachable for a moment. Every case is bounded in time.
 
-The stopped-service versions (SIGKILL of a worker, `systemctl stop redis`) need a machine of their
-own; see SECURITY.md."""
+The stopped-service versions (SIGKILL of a worker, Redis and PostgreSQL stopped and restarted) run
+on private instances in tests/test_faults_stopped.py."""
 
 import io
 import socket
