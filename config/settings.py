@@ -237,6 +237,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Django's <int:…> matches digits only: a negative id never reaches a view, so say so.
+    "PATH_CONVERTER_OVERRIDES": {"int": {"type": "integer", "minimum": 0}},
 }
 
 # --- Celery -----------------------------------------------------------------
@@ -271,6 +273,8 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "inte
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BEAT_SCHEDULE = {
     "release-expired-leases": {"task": "labeling.tasks.release_expired_leases", "schedule": 60.0},
+    # Dashboard aggregates heal by themselves: projects counted more than 10 minutes ago are recounted.
+    "recount-stale-progress": {"task": "labeling.tasks.recount_stale_progress", "schedule": 300.0},
     # Retrain after every N new gold labels (an indexed count per project) and pick up lost runs.
     "check-retraining": {"task": "modeling.tasks.check_retraining", "schedule": 120.0},
     # Nightly, for projects whose gold labels changed since their last run.

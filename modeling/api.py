@@ -12,7 +12,7 @@ from rest_framework.response import Response
 
 from labeling.access import get_membership
 from labeling.api import BAD_INPUT, NO_SUCH_PROJECT, NOT_SIGNED_IN, ROLE_TOO_LOW, ErrorSerializer
-from labeling.models import Role
+from labeling.models import Membership, Role
 
 from . import runs, serving
 from .models import ModelVersion
@@ -48,6 +48,16 @@ class PredictResponseSerializer(serializers.Serializer):
     probabilities = serializers.DictField(child=serializers.FloatField(), help_text="Category name -> probability.")
     top_category = serializers.CharField()
     latency_ms = serializers.FloatField(help_text="Time spent scoring (database lookups and model).")
+    # Absent (not null) for single-label projects, so their answers are as before.
+    categories = serializers.ListField(
+        child=serializers.CharField(), required=False,
+        help_text="Multi-label projects only: the predicted categories, those whose probability reaches their "
+        "threshold; at least the top category unless the model was trained with items of no category.",
+    )
+    thresholds = serializers.DictField(
+        child=serializers.FloatField(), required=False,
+        help_text="Multi-label projects only: category name -> decision threshold (probability >= threshold).",
+    )
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
@@ -73,6 +83,24 @@ NO_MODEL = OpenApiResponse(ErrorSerializer, description="The project has no trai
 MODEL_BROKEN = OpenApiResponse(ErrorSerializer, description="The active model's file is missing or failed its hash check.")
 
 
+def _member_and_active_version(user, slug: str):
+    """get_membership (any role) and the project's active version id, in one query for a member.
+
+    Every other case (not signed in, not a member, a superuser without a membership) goes through
+    get_membership itself, so the access rules stay in one place; the version is then looked up
+    by serving.predict."""
+    if user.is_authenticated:
+        membership = (
+            Membership.objects.select_related("project", "user")
+            .filter(user=user, project__slug=slug)
+            .annotate(served_version_id=serving.active_version_id())
+            .first()
+        )
+        if membership is not None and membership.has_role(Role.ANNOTATOR):
+            return membership, membership.served_version_id
+    return get_membership(user, slug), serving.UNKNOWN
+
+
 @extend_schema(
     request=PredictRequestSerializer,
     responses={
@@ -84,12 +112,15 @@ MODEL_BROKEN = OpenApiResponse(ErrorSerializer, description="The active model's 
 @parser_classes([JSONParser, FormParser])
 def predict(request, slug):
     """Score a new text with the project's active model (any member of the project)."""
-    membership = get_membership(request.user, slug)
+    membership, active_version_id = _member_and_active_version(request.user, slug)
     data = PredictRequestSerializer(data=request.data)
     data.is_valid(raise_exception=True)
     project = membership.project
     try:
-        served = serving.predict(project, data.validated_data["title"], data.validated_data["description"], user=request.user)
+        served = serving.predict(
+            project, data.validated_data["title"], data.validated_data["description"], user=request.user,
+            active_version_id=active_version_id,
+        )
     except serving.NoActiveModel as exc:
         return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     except serving.ModelUnavailable as exc:
@@ -103,8 +134,15 @@ def predict(request, slug):
             "probabilities": served.probabilities,
             "top_category": served.top_category,
             "latency_ms": served.latency_ms,
+            **_multilabel_fields(served),
         }
     )
+
+
+def _multilabel_fields(served: serving.ServedPrediction) -> dict:
+    if served.categories is None:
+        return {}
+    return {"categories": served.categories, "thresholds": served.thresholds}
 
 
 @extend_schema(

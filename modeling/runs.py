@@ -36,6 +36,7 @@ from . import (
     embeddings,
     evaluation,
     label_errors,
+    multilabel,
     predictions,
     serving,
     training,
@@ -136,6 +137,8 @@ def recover_stale_runs(now=None) -> list[int]:
     dead = ModelVersion.objects.filter(status__in=TRAINING_STEPS, started_at__lt=now - _hard_limit())
     requeued = []
     for version in list(lost) + list(dead):
+        # Its worker is gone: a temporary artifact it was writing or evaluating is garbage now.
+        artifacts.discard_temporaries_of(artifact_owner(version))
         if version.attempts >= MAX_ATTEMPTS:
             fail(version, f"The run was started {version.attempts} times and never finished (worker killed or "
                           f"past the {settings.LABELLOOP['TRAIN_TIME_LIMIT']} s limit); start a new run.")
@@ -169,6 +172,11 @@ def _give_up_predicting(version: ModelVersion) -> None:
     finish(version, error="\n".join(filter(None, [version.error, note])))
 
 
+def artifact_owner(version: ModelVersion) -> str:
+    """The run's label in its temporary artifact's name ("slug-v3"): "-v3-" never matches v30."""
+    return f"{version.project.slug}-v{version.number}"
+
+
 def _hard_limit():
     return timezone.timedelta(seconds=settings.LABELLOOP["TRAIN_TIME_LIMIT"])
 
@@ -178,12 +186,14 @@ def _hard_limit():
 
 @dataclass
 class TrainingSet:
+    # Multi-label projects: each label is the sorted list of the item's category names.
+    multilabel: bool = False
     train_ids: list[int] = field(default_factory=list)
     train_texts: list[str] = field(default_factory=list)
-    train_labels: list[str] = field(default_factory=list)
+    train_labels: list = field(default_factory=list)  # category names (lists of names if multilabel)
     holdout_ids: list[int] = field(default_factory=list)
     holdout_texts: list[str] = field(default_factory=list)
-    holdout_labels: list[str] = field(default_factory=list)
+    holdout_labels: list = field(default_factory=list)
     snapshot_hash: str = ""
 
 
@@ -240,12 +250,12 @@ def _walk(state: Run) -> None:
         step(version, ModelVersion.Status.TRAINING, 30)
         with timed(state.timings, "train"):
             model, report = fit(data, state.algorithms, rules, seed=version.number)
-        state.temporary, sha = artifacts.write_temporary(model)
+        state.temporary, sha = artifacts.write_temporary(model, artifact_owner(version))
         step(version, ModelVersion.Status.EVALUATING, 60)
         with timed(state.timings, "evaluate"):
             results = evaluate(project, model, data, rules)
         ModelVersion.objects.filter(pk=version.pk).update(
-            algorithm=report["algorithm"], params=report["params"], selection=report,
+            algorithm=report["algorithm"], params={**report["params"], **_thresholds(report)}, selection=report,
             trained_on=len(data.train_ids), holdout_size=len(data.holdout_ids),
             metrics=results["metrics"], baselines=results["baselines"], artifact_sha256=sha,
         )
@@ -421,10 +431,9 @@ def training_set(project: Project, algorithms: list[str] | None = None) -> Train
         .values_list("item_id", "item__title", "item__text", "item__content_hash", "categories", "item__split")
     )
     digest = hashlib.sha256()
-    data = TrainingSet()
+    data = TrainingSet(multilabel=project.mode == Project.Mode.MULTI)
     for item_id, title, text, content, categories, split in rows.iterator(chunk_size=5000):
-        # Single-label models: a multi-label item trains on its first category.
-        label = names[categories[0]]
+        label = sorted(names[c] for c in categories) if data.multilabel else names[categories[0]]
         full_text = training.item_text(title, text)
         if split == Split.TRAIN:
             digest.update(f"{item_id}:{content}:{label}\n".encode())
@@ -441,10 +450,11 @@ def training_set(project: Project, algorithms: list[str] | None = None) -> Train
 
 
 def check_enough(data: TrainingSet) -> None:
-    if len(data.train_ids) < MIN_TRAIN_ITEMS or len(set(data.train_labels)) < 2:
+    seen = {name for names in data.train_labels for name in names} if data.multilabel else set(data.train_labels)
+    if len(data.train_ids) < MIN_TRAIN_ITEMS or len(seen) < 2:
         raise RunSkipped(
             f"Not enough gold labels to train: {len(data.train_ids)} training items in "
-            f"{len(set(data.train_labels))} categories; at least {MIN_TRAIN_ITEMS} in two categories are needed."
+            f"{len(seen)} categories; at least {MIN_TRAIN_ITEMS} in two categories are needed."
         )
     if not data.holdout_ids:
         raise RunSkipped("The gold holdout is empty, so a model could not be evaluated; label more items.")
@@ -491,6 +501,11 @@ def _vectorise(version: ModelVersion, data: TrainingSet) -> dict:
 def fit(data: TrainingSet, algorithms: list[str], rules, seed: int = 0):
     """Choose by cross-validation (on a stratified sample for big training sets), fit on all."""
     texts, labels = data.train_texts, data.train_labels
+    if data.multilabel:  # one-vs-rest, per-category thresholds (modeling.multilabel)
+        return multilabel.select_and_fit(
+            texts, labels, algorithms=multilabel.algorithms_for(algorithms), seed=seed, rules=rules,
+            sample=SELECTION_SAMPLE,
+        )
     if len(texts) <= SELECTION_SAMPLE:
         return training.select_and_fit(texts, labels, algorithms=algorithms, seed=seed, rules=rules)
     chosen = _stratified_sample(labels, SELECTION_SAMPLE, seed)
@@ -522,14 +537,15 @@ def _stratified_sample(labels: list[str], size: int, seed: int) -> list[int]:
 def evaluate(project: Project, model, data: TrainingSet, rules) -> dict:
     """The model, the rules and majority baselines, and the active model, on the same holdout."""
     slices = dict(Slice.objects.filter(project=project).values_list("name", "keywords"))
-    result = {"metrics": _score(model, data, slices), "baselines": {}}
+    score, kind = (_score_multilabel, multilabel) if data.multilabel else (_score, training)
+    result = {"metrics": score(model, data, slices), "baselines": {}}
     for name in ("rules", "majority"):
-        baseline = training.make_estimator(name, rules=rules).fit(data.train_texts, data.train_labels)
-        result["baselines"][name] = _score(baseline, data, slices)
+        baseline = kind.make_estimator(name, rules=rules).fit(data.train_texts, data.train_labels)
+        result["baselines"][name] = score(baseline, data, slices)
     active = serving.active_version(project.pk)
     if active is not None:
         try:
-            metrics = _score(serving.model_for(active), data, slices)
+            metrics = score(serving.model_for(active), data, slices)
         except serving.ModelUnavailable as error:
             log.warning("Active version %s could not be re-scored: %s", active.number, error)
         else:
@@ -546,12 +562,34 @@ def _score(model, data: TrainingSet, slices: dict) -> dict:
     )
 
 
+def _score_multilabel(model, data: TrainingSet, slices: dict) -> dict:
+    proba = model.predict_proba(data.holdout_texts)
+    return multilabel.evaluate(
+        data.holdout_labels, model.decide(proba), proba, model.classes_, model.thresholds_,
+        texts=data.holdout_texts, slices=slices,
+    )
+
+
+def _thresholds(report: dict) -> dict:
+    """A multi-label model's thresholds by category, stored with its params for the suggestion
+    cards (a small field, unlike the metrics)."""
+    return {"thresholds": report["thresholds"]} if "thresholds" in report else {}
+
+
+def headline(project: Project) -> tuple[str, str, object]:
+    """The holdout figure promotion compares (metrics key, its name, the comparison)."""
+    if project.mode == Project.Mode.MULTI:
+        return "samples_f1", "samples F1", multilabel.compare
+    return "weighted_f1", "weighted F1", evaluation.compare
+
+
 def promote_if_better(version: ModelVersion, temporary_artifact, artifact_sha: str, active: dict | None = None) -> bool:
     """Publish the artifact and flip the active version in one transaction, if it earns it.
 
     `active`: the serving version re-scored on this run's holdout ({"id", "number", "metrics"});
     without it (no serving model, or its file failed its check) the stored figures are used."""
     project = version.project
+    key, figure, compare = headline(project)
     with transaction.atomic(durable=True):
         Project.objects.select_for_update().filter(pk=project.pk).first()  # serialise promotions
         current = ModelVersion.objects.filter(project=project, active=True).first()
@@ -560,11 +598,11 @@ def promote_if_better(version: ModelVersion, temporary_artifact, artifact_sha: s
             old_metrics, basis = active["metrics"], "on this holdout"
         else:
             old_metrics, basis = (current.metrics if current else None), "as recorded"
-        if current is not None and not evaluation.compare(version.metrics, old_metrics, project.promotion_margin):
+        if current is not None and not compare(version.metrics, old_metrics, project.promotion_margin):
             reason = (
-                f"Not promoted: holdout weighted F1 {version.weighted_f1:.3f} is more than "
+                f"Not promoted: holdout {figure} {version.metrics[key]:.3f} is more than "
                 f"{project.promotion_margin:.3f} below the active version {current.number} "
-                f"({old_metrics['weighted_f1']:.3f} {basis})."
+                f"({old_metrics[key]:.3f} {basis})."
             )
             ModelVersion.objects.filter(pk=version.pk).update(promoted=False, promotion_reason=reason)
             artifacts.discard(temporary_artifact)
@@ -573,13 +611,13 @@ def promote_if_better(version: ModelVersion, temporary_artifact, artifact_sha: s
         if current is not None:
             ModelVersion.objects.filter(pk=current.pk).update(active=False)
         previous = (
-            f"version {current.number} ({old_metrics['weighted_f1']:.3f} {basis})"
-            if current is not None and old_metrics and old_metrics.get("weighted_f1") is not None
+            f"version {current.number} ({old_metrics[key]:.3f} {basis})"
+            if current is not None and old_metrics and old_metrics.get(key) is not None
             else "no active model"
         )
         ModelVersion.objects.filter(pk=version.pk).update(
             active=True, promoted=True, artifact_path=str(final), artifact_sha256=artifact_sha,
-            promotion_reason=f"Promoted: holdout weighted F1 {version.weighted_f1:.3f} against {previous}.",
+            promotion_reason=f"Promoted: holdout {figure} {version.metrics[key]:.3f} against {previous}.",
         )
     return True
 
@@ -589,6 +627,8 @@ def flag_label_errors(version: ModelVersion, data: TrainingSet, report: dict, ru
     the reviewers' suspected-errors queue. Returns how many were flagged."""
     if report["algorithm"] in ("majority", "rules"):
         return 0  # they learn nothing from the texts, so they cannot argue with a label
+    if data.multilabel:
+        return 0  # the out-of-fold check compares one label per item (label_errors is single-label)
     positions = label_errors.sample(data.train_ids, seed=version.number)
     labels = [data.train_labels[i] for i in positions]
     if len(positions) < label_errors.MIN_ITEMS or min(Counter(labels).values()) < 2:

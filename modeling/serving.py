@@ -6,16 +6,22 @@ memory. Every request is recorded in PredictLog with its latency and whether it 
 """
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+
+from django.db import connection, transaction
+from django.db.models import OuterRef, Subquery
 
 from config import metrics
 
-from . import artifacts, training
+from . import artifacts, multilabel, training
 from .models import ModelVersion, PredictLog
 
 _models: dict[int, object] = {}  # version id -> fitted model
 _project_of: dict[int, int] = {}  # version id -> project id
+_about: dict[int, tuple[int, str]] = {}  # version id -> (number, algorithm): fixed once trained
 _lock = threading.Lock()
+UNKNOWN = object()  # "the caller did not look the active version up": predict queries it
 
 
 class NoActiveModel(Exception):
@@ -34,14 +40,28 @@ class ServedPrediction:
     probabilities: dict[str, float]  # category name -> probability, every category of the model
     top_category: str
     latency_ms: float
+    # Multi-label models only (None otherwise): the predicted set and each category's threshold.
+    categories: list[str] | None = None
+    thresholds: dict[str, float] | None = None
+
+
+VERSION_FIELDS = ("id", "number", "project_id", "algorithm", "artifact_path", "artifact_sha256")
 
 
 def active_version(project_id: int) -> ModelVersion | None:
     return (
         ModelVersion.objects.filter(project_id=project_id, active=True)
-        .only("id", "number", "project_id", "algorithm", "artifact_path", "artifact_sha256")
+        .only(*VERSION_FIELDS)
         .first()
     )
+
+
+def active_version_id():
+    """The active version's id of the outer query's project (OuterRef "project"), as a subquery:
+    the predict view reads it with the membership, in one query (the partial unique index on
+    active versions makes it an index lookup). Read on every request, so a promotion shows on the
+    next one in every process; only the model and its number/algorithm are kept per process."""
+    return Subquery(ModelVersion.objects.filter(project_id=OuterRef("project"), active=True).values("pk")[:1])
 
 
 def model_for(version: ModelVersion):
@@ -59,8 +79,29 @@ def model_for(version: ModelVersion):
                 if project_id == version.project_id:  # one model per project in memory
                     _models.pop(old, None)
                     _project_of.pop(old, None)
+                    _about.pop(old, None)
+            _about[version.pk] = (version.number, version.algorithm)
             _models[version.pk], _project_of[version.pk] = loaded, version.project_id
         return _models[version.pk]
+
+
+def _served_model(project, version_id):
+    """(version id, number, algorithm, model) for the active `version_id` (UNKNOWN: look it up).
+
+    A warm process answers from memory; a version it has not loaded yet costs one query and the
+    artifact load."""
+    if version_id is not UNKNOWN and version_id is not None:
+        model, about = _models.get(version_id), _about.get(version_id)
+        if model is not None and about is not None:
+            return version_id, *about, model
+        version = ModelVersion.objects.filter(pk=version_id).only(*VERSION_FIELDS).first()
+    else:
+        version = active_version(project.pk) if version_id is UNKNOWN else None
+    if version is None:
+        raise NoActiveModel(
+            f"Project {project.slug} has no trained model yet: an admin can train one on the model page."
+        )
+    return version.pk, version.number, version.algorithm, model_for(version)
 
 
 def forget_all() -> None:
@@ -68,41 +109,62 @@ def forget_all() -> None:
     with _lock:
         _models.clear()
         _project_of.clear()
+        _about.clear()
 
 
-def predict(project, title: str, text: str, user=None, endpoint: str = "predict") -> ServedPrediction:
-    """Score one text with the project's active model; logs latency and failures."""
+def predict(
+    project, title: str, text: str, user=None, endpoint: str = "predict", active_version_id=UNKNOWN
+) -> ServedPrediction:
+    """Score one text with the project's active model; logs latency and failures.
+
+    `active_version_id`: the project's active version id (None: no active version) when the
+    caller read it already (see `active_version_id()`); by default it is queried here."""
     started = time.perf_counter()
-    version = None
+    version_id = None
     try:
-        version = active_version(project.pk)
-        if version is None:
-            raise NoActiveModel(
-                f"Project {project.slug} has no trained model yet: an admin can train one on the model page."
-            )
-        model = model_for(version)
+        version_id, number, algorithm, model = _served_model(project, active_version_id)
         proba = model.predict_proba([training.item_text(title, text)])[0]
     except Exception:
-        _log(project, version, endpoint, started, ok=False, user=user)
+        _log(project, version_id, endpoint, started, ok=False, user=user)
         raise
     probabilities = {name: round(float(p), 4) for name, p in zip(model.classes_, proba, strict=True)}
-    latency = _log(project, version, endpoint, started, ok=True, user=user)
-    return ServedPrediction(
-        version_id=version.pk,
-        version_number=version.number,
-        algorithm=version.algorithm,
+    latency = _log(project, version_id, endpoint, started, ok=True, user=user)
+    served = ServedPrediction(
+        version_id=version_id,
+        version_number=number,
+        algorithm=algorithm,
         probabilities=probabilities,
         top_category=model.classes_[int(proba.argmax())],
         latency_ms=latency,
     )
+    if getattr(model, "multilabel", False):  # the set at or above each category's threshold
+        served.categories = model.decide(proba[None, :])[0]
+        served.thresholds = multilabel.thresholds_by_category(model)
+    return served
 
 
-def _log(project, version, endpoint: str, started: float, ok: bool, user=None) -> float:
+def _log(project, version_id, endpoint: str, started: float, ok: bool, user=None) -> float:
     latency = round((time.perf_counter() - started) * 1000, 3)
-    PredictLog.objects.create(
-        project=project, model_version=version, endpoint=endpoint, latency_ms=latency, ok=ok,
-        user=user if user is not None and user.is_authenticated else None,
-    )
+    with transaction.atomic(), without_waiting_for_disk():
+        PredictLog.objects.create(
+            project=project, model_version_id=version_id, endpoint=endpoint, latency_ms=latency, ok=ok,
+            user=user if user is not None and user.is_authenticated else None,
+        )
     if ok:
         metrics.predict_observed(latency / 1000, endpoint)
     return latency
+
+
+@contextmanager
+def without_waiting_for_disk():
+    """PostgreSQL: this transaction's commit does not wait for its WAL to reach the disk.
+
+    A monitoring row is worth less than the request's latency, and a commit that waits for its
+    flush costs a disk sync per request (milliseconds on a busy disk). A server crash may lose the last
+    fraction of a second of log rows; it can never corrupt data or lose other transactions'
+    (SET LOCAL ends with this transaction), and a later normal commit flushes it along with its
+    own. Must run inside `transaction.atomic()`."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+    yield
