@@ -12,7 +12,9 @@ from labeling.importer import import_items
 from labeling.models import Project, Role
 
 DEMO_USERS = [("admin", Role.ADMIN), ("reviewer", Role.REVIEWER), ("annotator", Role.ANNOTATOR)]
-# A share of the demo items arrive already labeled (gold, provenance "import"), the rest wait for people.
+# One item in GOLD_SHARE arrives already labeled (gold, provenance "import"), the rest wait for
+# people. Demo items cycle through the categories, so gold is taken a whole cycle at a time: every
+# category gets its share and the demo model has every class to learn from.
 GOLD_SHARE = 4
 
 
@@ -55,8 +57,10 @@ class Command(BaseCommand):
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=["id", "title", "description", "tag"])
         writer.writeheader()
-        for i, row in enumerate(demo_items(count)):
-            if i % GOLD_SHARE != 0:
+        rows = demo_items(count)
+        cycle = len({row["tag"] for row in rows}) or 1
+        for i, row in enumerate(rows):
+            if (i // cycle) % GOLD_SHARE != 0:
                 row["tag"] = ""
             writer.writerow(row)
         return out.getvalue().encode()
