@@ -21,6 +21,8 @@ from labeling import actions
 from labeling.importer import import_items
 from labeling.models import Annotation, Assignment, Item, Role
 
+from .broker import forget_broker_connections
+
 PASSWORD = "pw-for-tests-1"
 
 
@@ -68,18 +70,10 @@ def dead_broker():
 
     saved = app.conf.broker_url
     app.conf.broker_url = f"redis://127.0.0.1:{closed_port()}/0"
-    _forget_broker_connections(app)
+    forget_broker_connections(app)
     yield app
     app.conf.broker_url = saved
-    _forget_broker_connections(app)
-
-
-def _forget_broker_connections(app):
-    """Forget the connection pool and the producer pool built on it: after an earlier test
-    published, both point at the old broker and would keep publishing there. Not closed: kombu's
-    registry hands the same pools back once the old broker URL is restored."""
-    app._pool = None
-    app.amqp._producer_pool = None
+    forget_broker_connections(app)
 
 
 @pytest.mark.django_db(transaction=True)

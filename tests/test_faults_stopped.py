@@ -49,6 +49,7 @@ from modeling.models import ModelVersion, Prediction
 from modeling.tasks import check_retraining
 
 from . import services
+from .broker import forget_broker_connections
 from .conftest import require
 from .modeling_data import load
 from .test_celery_worker import env_for
@@ -130,14 +131,6 @@ def private_redis(tmp_path):
     broker.stop()
 
 
-def _forget_broker_connections(app) -> None:
-    """Both pools hold live connections to the broker they were built for."""
-    if app._pool is not None:
-        app._pool.force_close_all()
-    app._pool = None
-    app.amqp._producer_pool = None
-
-
 @pytest.fixture
 def app_on_private_redis(private_redis):
     """This process's Celery app publishes to the private Redis (as the web would in production)."""
@@ -146,10 +139,10 @@ def app_on_private_redis(private_redis):
     saved = app.conf.broker_url, app.conf.broker_transport_options
     app.conf.broker_url = private_redis.url
     app.conf.broker_transport_options = {"visibility_timeout": 3600, "socket_timeout": 3}
-    _forget_broker_connections(app)
+    forget_broker_connections(app)
     yield app
     app.conf.broker_url, app.conf.broker_transport_options = saved
-    _forget_broker_connections(app)
+    forget_broker_connections(app)
 
 
 @pytest.fixture
