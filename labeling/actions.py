@@ -173,8 +173,11 @@ def release_expired_leases(now=None, project: Project | None = None, batch: int 
                 return released
             Assignment.objects.filter(id__in=[r[0] for r in rows]).delete()
             freed = Counter(item_id for _, item_id, honeypot in rows if not honeypot)
-            for item_id, slots in freed.items():
-                Item.objects.filter(pk=item_id).update(open_slots=F("open_slots") + slots)
+            # Items in id order: several people can release at once (claim_next_item does, on an
+            # empty-looking queue), and two of them updating the same items in different orders
+            # deadlock.
+            for item_id in sorted(freed):
+                Item.objects.filter(pk=item_id).update(open_slots=F("open_slots") + freed[item_id])
             _pull_back_cursors(Item.objects.filter(pk__in=list(freed)))
             released += len(rows)
 
@@ -182,9 +185,10 @@ def release_expired_leases(now=None, project: Project | None = None, batch: int 
 def _pull_back_cursors(items) -> None:
     """Items freed behind people's queue cursors are served next, not after the whole queue."""
     for row in items.values("project_id").annotate(low=Min("rank")).order_by():
-        Membership.objects.filter(project_id=row["project_id"], queue_cursor__gte=row["low"]).update(
-            queue_cursor=row["low"] - 1
-        )
+        behind = Membership.objects.filter(project_id=row["project_id"], queue_cursor__gte=row["low"])
+        # Locked in id order first, for the same reason as the items above.
+        ids = list(behind.order_by("pk").select_for_update().values_list("pk", flat=True))
+        Membership.objects.filter(pk__in=ids).update(queue_cursor=row["low"] - 1)
 
 
 # --- submitting -------------------------------------------------------------------------------
