@@ -131,8 +131,8 @@ class OneVsRestTfidf(_MultiLabel):
 
     def fit(self, texts, label_sets):
         truth = self._learn_classes(label_sets)
-        self.tfidf_ = training._fitted_tfidf(self.word_ngrams, self.char_ngrams, list(texts))
-        features = self._features(texts)
+        self.tfidf_, tfidf = training._fitted_tfidf(self.word_ngrams, self.char_ngrams, list(texts))
+        features = self._beside(tfidf, texts)
         # A category every training text has (or none has) is a constant: no regression to fit.
         self.per_category_ = [
             float(column[0]) if column.min() == column.max()
@@ -150,7 +150,11 @@ class OneVsRestTfidf(_MultiLabel):
         return np.column_stack(columns) if columns else np.zeros((features.shape[0], 0))
 
     def _features(self, texts):
-        return training._tfidf_transform(self.tfidf_, list(texts))
+        return self._beside(training._tfidf_transform(self.tfidf_, list(texts)), texts)
+
+    def _beside(self, tfidf, texts):
+        """The features of `texts` given their TF-IDF matrix (subclasses add columns)."""
+        return tfidf
 
 
 class OneVsRestEmbeddingsTfidf(OneVsRestTfidf):
@@ -163,9 +167,9 @@ class OneVsRestEmbeddingsTfidf(OneVsRestTfidf):
         super().__init__(C=C, class_weight=class_weight, word_ngrams=word_ngrams, char_ngrams=char_ngrams)
         self.embedding_weight = embedding_weight
 
-    def _features(self, texts):
+    def _beside(self, tfidf, texts):
         vectors = embeddings.encode(list(texts)) * self.embedding_weight
-        return sparse.hstack([super()._features(texts), sparse.csr_matrix(vectors)]).tocsr()
+        return sparse.hstack([tfidf, sparse.csr_matrix(vectors)]).tocsr()
 
 
 # Simplest first: on a tie in cross-validation the earlier one wins. The baselines carry the

@@ -18,7 +18,6 @@ import json
 import logging
 import random
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,7 +248,7 @@ def _walk(state: Run) -> None:
     with embeddings.remember(known):
         step(version, ModelVersion.Status.TRAINING, 30)
         with timed(state.timings, "train"):
-            model, report = fit(data, state.algorithms, rules, seed=version.number)
+            model, report, check = fit(data, state.algorithms, rules, seed=version.number)
         state.temporary, sha = artifacts.write_temporary(model, artifact_owner(version))
         step(version, ModelVersion.Status.EVALUATING, 60)
         with timed(state.timings, "evaluate"):
@@ -263,7 +262,7 @@ def _walk(state: Run) -> None:
         state.temporary = None  # published or discarded by the promotion
         # From here on the promotion stands whatever happens: a failure is noted on the run.
         with timed(state.timings, "label_errors"):
-            suspected = _noting(notes, "flagging suspected label errors", flag_label_errors, version, data, report, rules)
+            suspected = _noting(notes, "flagging suspected label errors", flag_label_errors, version, data, report, check)
         state.timings["suspected"] = suspected or 0
     if not promoted:
         finish(version, timings=state.timings, error="\n".join(notes))
@@ -499,27 +498,29 @@ def _vectorise(version: ModelVersion, data: TrainingSet) -> dict:
 
 
 def fit(data: TrainingSet, algorithms: list[str], rules, seed: int = 0):
-    """Choose by cross-validation (on a stratified sample for big training sets), fit on all."""
+    """Choose by cross-validation (on a stratified sample for big training sets), fit on all.
+
+    Returns the model, the report and, for single-label projects, the label check: the chosen
+    candidate's out-of-fold probabilities and the training positions they are for."""
     texts, labels = data.train_texts, data.train_labels
     if data.multilabel:  # one-vs-rest, per-category thresholds (modeling.multilabel)
-        return multilabel.select_and_fit(
+        model, report = multilabel.select_and_fit(
             texts, labels, algorithms=multilabel.algorithms_for(algorithms), seed=seed, rules=rules,
             sample=SELECTION_SAMPLE,
         )
-    if len(texts) <= SELECTION_SAMPLE:
-        return training.select_and_fit(texts, labels, algorithms=algorithms, seed=seed, rules=rules)
-    chosen = _stratified_sample(labels, SELECTION_SAMPLE, seed)
-    started = time.perf_counter()
-    _, report = training.select_and_fit(
-        [texts[i] for i in chosen], [labels[i] for i in chosen], algorithms=algorithms, seed=seed, rules=rules
-    )
-    model = training.make_estimator(report["algorithm"], report["params"], rules).fit(texts, labels)
-    model.temperature_ = report["temperature"]
-    report.update(
-        selection_sample=len(chosen), n_train=len(texts),
-        full_fit_seconds=round(time.perf_counter() - started - report["train_seconds"], 3),
-    )
-    return model, report
+        return model, report, None
+    chosen = list(range(len(texts)))
+    if len(texts) > SELECTION_SAMPLE:
+        chosen = _stratified_sample(labels, SELECTION_SAMPLE, seed)
+    with embeddings.remember():
+        selection = training.select(
+            [texts[i] for i in chosen], [labels[i] for i in chosen], algorithms=algorithms, seed=seed, rules=rules,
+            fit_size=len(texts),
+        )
+        model, report = training.fit_selected(selection, texts, labels, rules)
+    if len(chosen) < len(texts):
+        report["selection_sample"] = len(chosen)
+    return model, report, label_errors.Check(chosen, selection.best.out_of_fold)
 
 
 def _stratified_sample(labels: list[str], size: int, seed: int) -> list[int]:
@@ -622,22 +623,16 @@ def promote_if_better(version: ModelVersion, temporary_artifact, artifact_sha: s
     return True
 
 
-def flag_label_errors(version: ModelVersion, data: TrainingSet, report: dict, rules) -> int:
-    """Out-of-fold check of the gold training labels with the chosen algorithm; suspects go to
-    the reviewers' suspected-errors queue. Returns how many were flagged."""
+def flag_label_errors(version: ModelVersion, data: TrainingSet, report: dict, check: label_errors.Check | None) -> int:
+    """Check the gold training labels against the chosen model's out-of-fold probabilities from
+    the selection (every training item, or the selection's sample of a big set: a different one
+    each run); suspects go to the reviewers' suspected-errors queue. Returns how many were flagged."""
     if report["algorithm"] in ("majority", "rules"):
         return 0  # they learn nothing from the texts, so they cannot argue with a label
-    if data.multilabel:
-        return 0  # the out-of-fold check compares one label per item (label_errors is single-label)
-    positions = label_errors.sample(data.train_ids, seed=version.number)
-    labels = [data.train_labels[i] for i in positions]
-    if len(positions) < label_errors.MIN_ITEMS or min(Counter(labels).values()) < 2:
-        return 0
-    ranked = label_errors.suspects(
-        [data.train_texts[i] for i in positions], labels, report["algorithm"], report["params"], rules,
-        seed=version.number,
-    )
-    return label_errors.flag(version.project, [data.train_ids[positions[i]] for i in ranked])
+    if check is None:
+        return 0  # multi-label: the out-of-fold check compares one label per item
+    ranked = label_errors.suspects([data.train_labels[i] for i in check.positions], check.out_of_fold)
+    return label_errors.flag(version.project, [data.train_ids[check.positions[i]] for i in ranked])
 
 
 class timed:

@@ -94,6 +94,11 @@ class _Classifier(BaseEstimator):
     uses_embeddings = False
     temperature_ = 1.0
 
+    def feature_cost(self) -> int:
+        """How costly this model's features are to compute, as a rank (0 cheapest): model
+        selection tries and prefers cheaper settings first (see `cost_ordered`)."""
+        return 0
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         # Our own vectorisers made every matrix the estimators see, so scikit-learn's input and
         # parameter checks only cost time: a third of scoring one text online.
@@ -205,7 +210,8 @@ class TfidfLogReg(_Classifier):
     Character n-grams (within word boundaries) catch word forms and jargon the word vocabulary
     has not seen ("segmentation" / "segmenting"), but cost about ten times the words' time to
     compute: cross-validation decides per project whether they earn it (on a few hundred short
-    texts they did, +0.015 weighted F1; on 100k items they cost a minute). Its probabilities
+    texts they did, +0.015 weighted F1), up to MAX_TEXTS_FOR_CHAR_NGRAMS training texts (on 100k
+    they cost three minutes). Its probabilities
     were under-confident in cross-validation; `select_and_fit` corrects that with a temperature.
     """
 
@@ -227,9 +233,11 @@ class TfidfLogReg(_Classifier):
         self.word_ngrams = word_ngrams
         self.char_ngrams = char_ngrams
 
+    def feature_cost(self) -> int:
+        return _tfidf_cost(self.word_ngrams, self.char_ngrams)
+
     def fit(self, texts, labels):
-        self.features_ = _fitted_tfidf(self.word_ngrams, self.char_ngrams, texts)
-        features = _tfidf_transform(self.features_, texts)
+        self.features_, features = _fitted_tfidf(self.word_ngrams, self.char_ngrams, texts)
         self.classifier_ = _logistic_regression(self.C, self.class_weight).fit(features, labels)
         self.classes_ = list(self.classifier_.classes_)
         return self
@@ -290,20 +298,30 @@ class EmbeddingsTfidfLogReg(_Classifier):
         self.char_ngrams = char_ngrams
 
     def fit(self, texts, labels):
-        self.tfidf_ = _fitted_tfidf(self.word_ngrams, self.char_ngrams, texts)
-        features = self._features(texts)
+        self.tfidf_, tfidf = _fitted_tfidf(self.word_ngrams, self.char_ngrams, texts)
+        features = self._beside(tfidf, texts)
         self.classifier_ = _logistic_regression(self.C, self.class_weight).fit(features, labels)
         self.classes_ = list(self.classifier_.classes_)
         return self
+
+    def feature_cost(self) -> int:
+        return _tfidf_cost(self.word_ngrams, self.char_ngrams)
 
     def _proba(self, texts):
         return self.classifier_.predict_proba(self._features(texts))
 
     def _features(self, texts):
+        return self._beside(_tfidf_transform(self.tfidf_, texts), texts)
+
+    def _beside(self, tfidf, texts):
         vectors = embeddings.encode(texts) * self.embedding_weight
-        return sparse.hstack(
-            [_tfidf_transform(self.tfidf_, texts), sparse.csr_matrix(vectors)]
-        ).tocsr()
+        return sparse.hstack([tfidf, sparse.csr_matrix(vectors)]).tocsr()
+
+
+def _tfidf_cost(word_ngrams, char_ngrams) -> int:
+    """Single words < word pairs (five times the time on 100k texts: a vocabulary of millions of
+    pairs) < character n-grams (about ten times the words')."""
+    return 2 if char_ngrams else int(tuple(word_ngrams)[1] > 1)
 
 
 def _label_frequencies(labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -352,15 +370,22 @@ def _reusing_tfidf():
         _tfidf_memo = None
 
 
-def _fitted_tfidf(word_ngrams, char_ngrams, texts) -> FeatureUnion:
+def _fitted_tfidf(word_ngrams, char_ngrams, texts) -> tuple[FeatureUnion, sparse.csr_matrix]:
+    """Vectorisers fitted on `texts` and the matrix they make of them: one pass over the texts
+    (fitting, then transforming, tokenised every text twice: a third of a 100k-text fit)."""
     memo = _tfidf_memo
-    key = ("fit", tuple(word_ngrams), tuple(char_ngrams or ()), _digest(texts))
+    digest = _digest(texts)
+    key = ("fit", tuple(word_ngrams), tuple(char_ngrams or ()), digest)
     if memo is not None and key in memo:
         return memo[key]
-    features = _tfidf_features(word_ngrams, char_ngrams).fit(texts)
+    features = _tfidf_features(word_ngrams, char_ngrams)
+    # The parts one by one, as in `_tfidf_transform`: FeatureUnion would go through joblib.
+    parts = [transformer.fit_transform(texts) for _, transformer in features.transformer_list]
+    matrix = parts[0] if len(parts) == 1 else sparse.hstack(parts, format="csr")
     if memo is not None:
-        memo[key] = features
-    return features
+        memo[key] = features, matrix
+        memo[("transform", id(features), digest)] = matrix
+    return features, matrix
 
 
 def _tfidf_transform(features: FeatureUnion, texts) -> sparse.csr_matrix:
@@ -618,7 +643,17 @@ class Candidate:
         return {name: value for name, value in asdict(self).items() if name != "out_of_fold"}
 
 
-def select_and_fit(
+@dataclass
+class Selection:
+    """What cross-validation chose: the winning candidate, whose out-of-fold probabilities (rows
+    in the order of the texts it was chosen on) also serve the label-error check, and the
+    JSON-ready report."""
+
+    best: Candidate
+    report: dict
+
+
+def select(
     texts: Sequence[str],
     labels: Sequence[str],
     *,
@@ -626,13 +661,17 @@ def select_and_fit(
     cv: int = 5,
     seed: int = 0,
     rules: dict[str, list[str]] | None = None,
-) -> tuple[_Classifier, dict]:
-    """Choose algorithm and settings by stratified K-fold CV (weighted F1); fit it on all data.
+    fit_size: int | None = None,
+) -> Selection:
+    """Choose algorithm and settings by stratified K-fold CV (weighted F1), without the final fit.
 
-    Returns the fitted model and a JSON-ready report: every candidate's CV score, the chosen
-    algorithm and params, its probability temperature, and timings. Embeddings are computed once
-    per text for the whole search, TF-IDF once per fold. On big training sets the candidates
-    race on the first fold and only the best third is scored on every fold (`screen`).
+    `fit_size`: how many texts the chosen model will be fitted on, when `texts` are a sample of
+    them (it bounds which settings are affordable, see `affordable_grid`).
+
+    The report has every candidate's CV score, the chosen algorithm and params, its probability
+    temperature, and timings. Embeddings are computed once per text for the whole search,
+    TF-IDF once per fold. On big training sets the candidates race on the first fold and only
+    the best third is scored on every fold (`screen`).
     """
     started, cpu_started = time.perf_counter(), time.process_time()
     texts, labels = _checked(texts, labels)
@@ -644,33 +683,93 @@ def select_and_fit(
         if any(ALGORITHMS[name].uses_embeddings for name in names):
             embeddings.encode(texts)  # once, up front; every fold and candidate reuses the vectors
         with _one_thread_per_fit():
-            grid = [(name, params) for name in names for params in ParameterGrid(ALGORITHMS[name].param_grid)]
+            grid = affordable_grid(names, fit_size or len(texts))
             screened, grid = screen(grid, texts, labels, folds, rules)
             finalists = [score_candidate(name, params, texts, labels, folds, rules) for name, params in grid]
-            best = pick_best(finalists)
-            candidates = _merged(screened, finalists)
-            fit_started = time.perf_counter()
-            model = make_estimator(best.algorithm, best.params, rules).fit(texts, labels)
-    # The K fold models saw a little less data than the final one; their held-out probabilities
-    # are still the best available estimate of how over- or under-confident it is.
-    model.temperature_ = fit_temperature(best.out_of_fold, labels)
-    finished = time.perf_counter()
+    best = pick_best(finalists)
     report = {
         "algorithm": best.algorithm,
-        "params": describe_params(model),
+        "params": describe_params(make_estimator(best.algorithm, best.params)),
         "cv_weighted_f1": best.cv_weighted_f1,
-        "temperature": model.temperature_,
+        # The K fold models saw a little less data than the final one; their held-out
+        # probabilities are still the best available estimate of how over- or under-confident it is.
+        "temperature": fit_temperature(best.out_of_fold, labels),
         "cv_folds": len(folds),
         "seed": seed,
         "n_train": len(texts),
-        "candidates": [c.report() for c in candidates],
-        "selection_seconds": round(fit_started - started, 3),
-        "fit_seconds": round(finished - fit_started, 3),
-        "train_seconds": round(finished - started, 3),
+        "candidates": [c.report() for c in _merged(screened, finalists)],
+        "selection_seconds": round(time.perf_counter() - started, 3),
         # CPU time of all threads: the wall-clock figure on a busy machine says little.
         "cpu_seconds": round(time.process_time() - cpu_started, 3),
     }
-    return model, report
+    return Selection(best, report)
+
+
+def fit_selected(
+    selection: Selection, texts: Sequence[str], labels: Sequence[str], rules: dict[str, list[str]] | None = None
+) -> tuple[_Classifier, dict]:
+    """The chosen algorithm and settings fitted on `texts` (all the training data, of which the
+    selection may have seen a sample), with the selection's temperature; and the full report."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    texts, labels = _checked(texts, labels)
+    report = selection.report
+    model = make_estimator(report["algorithm"], selection.best.params, rules).fit(texts, labels)
+    model.temperature_ = report["temperature"]
+    fit_seconds = time.perf_counter() - started
+    return model, {
+        **report,
+        "n_train": len(texts),
+        "fit_seconds": round(fit_seconds, 3),
+        "train_seconds": round(report["selection_seconds"] + fit_seconds, 3),
+        "cpu_seconds": round(report["cpu_seconds"] + time.process_time() - cpu_started, 3),
+    }
+
+
+def select_and_fit(
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    algorithms: Sequence[str] | None = None,
+    cv: int = 5,
+    seed: int = 0,
+    rules: dict[str, list[str]] | None = None,
+) -> tuple[_Classifier, dict]:
+    """`select` by cross-validation, then `fit_selected` on the same texts: the fitted model and
+    the JSON-ready report."""
+    with embeddings.remember():  # the final fit reuses the vectors the selection computed
+        selection = select(texts, labels, algorithms=algorithms, cv=cv, seed=seed, rules=rules)
+        return fit_selected(selection, texts, labels, rules)
+
+
+# Character n-grams cost about 1.9 CPU-seconds per 1,000 texts to fit here (187 s for 100k
+# 30-word texts, against 5.5 s for single words): on bigger training sets the chosen model's fit
+# alone would outgrow the retraining budget. That much data has also shown the words most word
+# forms, which is what character n-grams make up for on small sets.
+MAX_TEXTS_FOR_CHAR_NGRAMS = 10_000
+
+
+def affordable_grid(names: Sequence[str], fit_size: int) -> list[tuple[str, dict]]:
+    """Every (algorithm, settings) pair to try, `cost_ordered`; for a model to be fitted on more
+    than MAX_TEXTS_FOR_CHAR_NGRAMS texts, only settings without character n-grams."""
+    grid = []
+    for name in names:
+        for params in ParameterGrid(ALGORITHMS[name].param_grid):
+            if fit_size > MAX_TEXTS_FOR_CHAR_NGRAMS and getattr(make_estimator(name, params), "char_ngrams", None):
+                if "char_ngrams" in params:
+                    continue  # the grid's own character n-gram settings
+                params = {**params, "char_ngrams": None}  # a model that has them by default
+            grid.append((name, params))
+    return cost_ordered(grid)
+
+
+def cost_ordered(grid: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """Algorithms in the order given (simplest first), each one's settings cheapest features first.
+
+    Ties in cross-validation go to the earlier candidate (`pick_best`, `screen`), so on a tie the
+    cheaper features win. ParameterGrid alone varies the last key fastest, which put word pairs
+    before single words at a larger C, and a tie then chose (and screening kept) the costlier."""
+    position: dict[str, int] = {}  # keys are computed in input order: first appearance wins
+    return sorted(grid, key=lambda pair: (position.setdefault(pair[0], len(position)), make_estimator(*pair).feature_cost()))
 
 
 @contextmanager

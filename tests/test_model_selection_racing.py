@@ -60,3 +60,39 @@ def test_screening_keeps_the_earlier_candidate_on_a_tie():
 
     assert len(screened) == 4 and all(c.folds == 1 for c in screened)
     assert kept == grid[:2]
+
+
+def test_candidates_go_cheapest_features_first_within_each_algorithm():
+    grid = [(name, params) for name in ("tfidf_logreg", "majority")
+            for params in training.ParameterGrid(training.ALGORITHMS[name].param_grid)]
+
+    ordered = training.cost_ordered(grid)
+
+    assert sorted(map(repr, ordered)) == sorted(map(repr, grid))  # the same candidates
+    assert [name for name, _ in ordered] == ["tfidf_logreg"] * (len(grid) - 1) + ["majority"]
+    costs = [training.make_estimator(name, params).feature_cost() for name, params in ordered[:-1]]
+    assert costs == sorted(costs) and costs[0] == 0 and costs[-1] == 2
+    assert ordered[0][1]["word_ngrams"] == (1, 1)
+
+
+def test_on_a_tie_screening_keeps_and_selection_picks_the_cheaper_features():
+    texts, labels = corpus(training.SCREENING_MIN_TEXTS)  # separable: every setting scores 1.0
+
+    _, report = training.select_and_fit(texts, labels, algorithms=["tfidf_logreg"])
+
+    finalists = [c["params"] for c in report["candidates"] if c["folds"] == report["cv_folds"]]
+    assert {c["cv_weighted_f1"] for c in report["candidates"]} == {1.0}
+    # Single words at every C go on before word pairs; character n-grams not at all.
+    assert [tuple(p["word_ngrams"]) for p in finalists].count((1, 1)) == 3
+    assert all(p["char_ngrams"] is None for p in finalists)
+    assert report["params"]["word_ngrams"] == [1, 1] and report["params"]["char_ngrams"] is None
+
+
+def test_a_big_training_set_is_offered_no_character_ngrams():
+    names = ["majority", "tfidf_logreg"]
+    small = training.affordable_grid(names, training.MAX_TEXTS_FOR_CHAR_NGRAMS)
+    big = training.affordable_grid(names, training.MAX_TEXTS_FOR_CHAR_NGRAMS + 1)
+
+    assert any(params.get("char_ngrams") for _, params in small)
+    assert big == [(name, params) for name, params in small if not params.get("char_ngrams")]
+    assert len(big) == 7  # majority + single words and word pairs at three C values

@@ -183,7 +183,7 @@ def test_it_says_when_the_soft_time_limit_stopped_a_run(project, model_dir, monk
     def slow(*args, **kwargs):
         raise SoftTimeLimitExceeded()
 
-    monkeypatch.setattr(runs.training, "select_and_fit", slow)
+    monkeypatch.setattr(runs.training, "select", slow)
     version = train(project)
 
     assert version.status == ModelVersion.Status.FAILED
@@ -200,7 +200,7 @@ def test_it_hands_the_run_back_to_the_queue_when_the_database_fails(project, mon
     def outage(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(runs.training, "select_and_fit", outage)
+    monkeypatch.setattr(runs.training, "select", outage)
     with pytest.raises(OperationalError):  # the task's autoretry takes it from here
         runs.run(version.pk)
 
@@ -290,6 +290,28 @@ def test_it_sends_suspected_label_errors_to_review_most_suspicious_first(project
     assert len({item.pk for item in suspected} & wrong) >= 0.6 * len(suspected)
     # Reviewers take them from their queue in that order.
     assert claim_review(member("reviewer"), ReviewQueue.SUSPECTED) == suspected[0]
+
+
+@pytest.mark.django_db
+def test_on_a_big_training_set_it_checks_the_labels_of_the_selection_sample(project, monkeypatch):
+    load(project, gold=120, unlabeled=0, mislabel=12)
+    monkeypatch.setattr(runs, "SELECTION_SAMPLE", 50)
+    fitted = []
+    monkeypatch.setattr(runs.training, "score_candidate", counting(training.score_candidate, fitted))
+
+    version = train(project)
+
+    assert 40 < version.selection["selection_sample"] <= 50 < version.trained_on
+    # The label check reused the selection's out-of-fold probabilities: no cross-validation of its own.
+    assert len(fitted) == len(version.selection["candidates"])
+    assert version.timings["suspected"] == Item.objects.filter(project=project, review_queue=ReviewQueue.SUSPECTED).count()
+
+
+def counting(function, calls: list):
+    def counted(*args, **kwargs):
+        calls.append(args[:2])
+        return function(*args, **kwargs)
+    return counted
 
 
 @pytest.mark.django_db
