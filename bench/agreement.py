@@ -27,20 +27,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.env import env_int  # noqa: E402
 from labeling.agreement import RESAMPLES, agreement_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
 TARGET_SECONDS = 5.0
 CATEGORIES = 4
-
-
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        return int(raw.replace("_", "")) if raw else default
-    except ValueError:
-        sys.exit(f"{name}={raw!r} is not a whole number.")
 
 
 def synthetic_rows(items: int, raters: int, annotators: int, seed: int = 7) -> list[tuple[int, int, int]]:

@@ -28,14 +28,7 @@ POSTGRES_DB = f"labelloop_bench{_SUFFIX}"
 sys.path.insert(0, str(ROOT))
 
 from bench import synthetic  # noqa: E402
-
-
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "")
-    try:
-        return int(raw.replace("_", "")) if raw else default
-    except ValueError:
-        sys.exit(f"{name}={raw!r} is not a whole number.")
+from bench.env import env_int  # noqa: E402
 
 
 def postgres_server_url() -> str:
