@@ -30,11 +30,13 @@ MAX_FLAGGED = 100
 
 @dataclass
 class Check:
-    """Out-of-fold probabilities (columns in sorted label order) of the training items at
-    `positions` (indices into the run's training set)."""
+    """Out-of-fold probabilities of the training items at `positions` (indices into the run's
+    training set). Single-label: one column per label, in sorted order. Multi-label: one
+    independent probability per category of `classes`."""
 
     positions: list[int]
     out_of_fold: np.ndarray | None
+    classes: list[str] | None = None  # multi-label only
 
 
 def suspects(labels: Sequence[str], out_of_fold: np.ndarray | None) -> list[int]:
@@ -43,9 +45,25 @@ def suspects(labels: Sequence[str], out_of_fold: np.ndarray | None) -> list[int]
     if out_of_fold is None or len(labels) < MIN_ITEMS or min(Counter(labels).values()) < 2:
         return []
     classes = sorted(set(labels))
-    given = np.array([classes.index(label) for label in labels])
-    from cleanlab.filter import find_label_issues  # heavy import, only where it is used
+    return _ranked_issues([classes.index(label) for label in labels], out_of_fold, multi_label=False)
 
+
+def multilabel_suspects(label_sets: Sequence[Sequence[str]], out_of_fold: np.ndarray | None, classes: list[str]) -> list[int]:
+    """The same for label sets: items whose set the probabilities argue against (a category
+    missing from it or one too many), most suspicious first."""
+    counts = Counter(label for labels in label_sets for label in labels)
+    if out_of_fold is None or len(label_sets) < MIN_ITEMS or min(counts.get(c, 0) for c in classes) < 2:
+        return []
+    return _ranked_issues([[classes.index(c) for c in labels] for labels in label_sets], out_of_fold, multi_label=True)
+
+
+def _ranked_issues(given, out_of_fold: np.ndarray, multi_label: bool) -> list[int]:
+    # Heavy imports, only where they are used.
+    if multi_label:
+        from cleanlab.multilabel_classification.filter import find_label_issues
+    else:
+        from cleanlab.filter import find_label_issues
+        given = np.array(given)
     try:
         # n_jobs=1: a Celery (daemon) process may not start worker processes of its own.
         ranked = find_label_issues(

@@ -31,7 +31,7 @@ from sklearn.model_selection import ParameterGrid
 
 from labeling.stratification import stratify
 
-from . import embeddings, evaluation, training
+from . import embeddings, evaluation, label_errors, training
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +300,24 @@ def select_and_fit(
 
     `sample`: above this many texts, the choice (and the thresholds) are made on a stratified
     sample of that size; only the chosen model is fitted on everything."""
+    model, report, _ = select_fit_and_check(
+        texts, label_sets, algorithms=algorithms, cv=cv, seed=seed, rules=rules, sample=sample
+    )
+    return model, report
+
+
+def select_fit_and_check(
+    texts: Sequence[str],
+    label_sets: Sequence[Sequence[str]],
+    *,
+    algorithms: Sequence[str] | None = None,
+    cv: int = 5,
+    seed: int = 0,
+    rules: dict[str, list[str]] | None = None,
+    sample: int | None = None,
+) -> tuple[_MultiLabel, dict, label_errors.Check]:
+    """`select_and_fit`, and the material of the label check a training run makes: the chosen
+    candidate's out-of-fold probabilities on the texts the choice was made on."""
     started, cpu_started = time.perf_counter(), time.process_time()
     texts, label_sets = _checked(texts, label_sets)
     names = list(algorithms or ALGORITHMS)
@@ -345,7 +363,7 @@ def select_and_fit(
     }
     if len(chosen) < len(texts):
         report["selection_sample"] = len(chosen)
-    return model, report
+    return model, report, label_errors.Check(chosen, best.out_of_fold, classes)
 
 
 def _checked(texts, label_sets) -> tuple[list[str], list[list[str]]]:

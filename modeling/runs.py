@@ -500,15 +500,14 @@ def _vectorise(version: ModelVersion, data: TrainingSet) -> dict:
 def fit(data: TrainingSet, algorithms: list[str], rules, seed: int = 0):
     """Choose by cross-validation (on a stratified sample for big training sets), fit on all.
 
-    Returns the model, the report and, for single-label projects, the label check: the chosen
-    candidate's out-of-fold probabilities and the training positions they are for."""
+    Returns the model, the report and the label check: the chosen candidate's out-of-fold
+    probabilities and the training positions they are for."""
     texts, labels = data.train_texts, data.train_labels
     if data.multilabel:  # one-vs-rest, per-category thresholds (modeling.multilabel)
-        model, report = multilabel.select_and_fit(
+        return multilabel.select_fit_and_check(
             texts, labels, algorithms=multilabel.algorithms_for(algorithms), seed=seed, rules=rules,
             sample=SELECTION_SAMPLE,
         )
-        return model, report, None
     chosen = list(range(len(texts)))
     if len(texts) > SELECTION_SAMPLE:
         chosen = _stratified_sample(labels, SELECTION_SAMPLE, seed)
@@ -623,15 +622,17 @@ def promote_if_better(version: ModelVersion, temporary_artifact, artifact_sha: s
     return True
 
 
-def flag_label_errors(version: ModelVersion, data: TrainingSet, report: dict, check: label_errors.Check | None) -> int:
+def flag_label_errors(version: ModelVersion, data: TrainingSet, report: dict, check: label_errors.Check) -> int:
     """Check the gold training labels against the chosen model's out-of-fold probabilities from
     the selection (every training item, or the selection's sample of a big set: a different one
     each run); suspects go to the reviewers' suspected-errors queue. Returns how many were flagged."""
     if report["algorithm"] in ("majority", "rules"):
         return 0  # they learn nothing from the texts, so they cannot argue with a label
-    if check is None:
-        return 0  # multi-label: the out-of-fold check compares one label per item
-    ranked = label_errors.suspects([data.train_labels[i] for i in check.positions], check.out_of_fold)
+    given = [data.train_labels[i] for i in check.positions]
+    if data.multilabel:
+        ranked = label_errors.multilabel_suspects(given, check.out_of_fold, check.classes)
+    else:
+        ranked = label_errors.suspects(given, check.out_of_fold)
     return label_errors.flag(version.project, [data.train_ids[check.positions[i]] for i in ranked])
 
 

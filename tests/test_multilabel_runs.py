@@ -11,7 +11,7 @@ from django.test import Client
 
 from labeling import actions
 from labeling.importer import import_items
-from labeling.models import Category, GoldLabel, Item, Project, Split
+from labeling.models import Category, GoldLabel, Item, Project, ReviewQueue, Split
 from labeling.review import assign_splits
 from modeling import multilabel, runs, serving, suggestions
 from modeling.models import ModelVersion, Prediction
@@ -127,6 +127,30 @@ def test_a_run_trains_one_vs_rest_and_stores_multi_label_figures_and_predictions
     assert len(stored) == 15
     assert all(set(p.probabilities) == {str(c.id) for c in multi.categories.all()} for p in stored)
     assert max(sum(p.probabilities.values()) for p in stored) > 1.2
+
+
+@pytest.mark.django_db
+def test_a_run_sends_label_sets_the_data_argues_against_to_review(multi):
+    load(multi, gold=150, unlabeled=0)
+    assign_splits(multi)
+    ids = dict(Category.objects.filter(project=multi).values_list("name", "id"))
+    # Twelve training items get a set that misses what their text is about: one other category.
+    wrong = []
+    for gold in GoldLabel.objects.filter(project=multi, item__split=Split.TRAIN).order_by("item_id")[:12]:
+        names = {name for name, pk in ids.items() if pk in gold.categories}
+        other = sorted(set(ids) - names)[0]
+        GoldLabel.objects.filter(pk=gold.pk).update(categories=[ids[other]])
+        wrong.append(gold.item_id)
+
+    version = train(multi)
+
+    suspected = list(
+        Item.objects.filter(project=multi, review_queue=ReviewQueue.SUSPECTED).order_by("rank").values_list("id", flat=True)
+    )
+    assert version.status == ModelVersion.Status.DONE and version.algorithm == "ovr_tfidf_logreg"
+    assert version.timings["suspected"] == len(suspected) > 0
+    assert suspected[0] in wrong
+    assert len(set(suspected) & set(wrong)) >= 0.6 * len(suspected)
 
 
 @pytest.mark.django_db
