@@ -28,12 +28,16 @@ def evaluate(
     classes: Sequence[str],
     texts: Sequence[str] | None = None,
     slices: Mapping[str, Sequence[str]] | None = None,
+    *,
+    members: Mapping[str, Sequence[bool]] | None = None,
 ) -> dict:
     """Accuracy, per-class and averaged F1, confusion matrix, calibration and slice metrics.
 
     `proba` has one column per entry of `classes` (a model's `classes_`). `slices` maps a slice
     name to keywords; an item belongs to the slice when its text contains any of them. The
     built-in "short_text" slice (fewer than 8 words) is reported whenever `texts` is given.
+    `members`: the slices' memberships when the caller computed them already (`slice_members`),
+    e.g. once for several models scored on the same holdout.
     """
     y_true, y_pred = [str(y) for y in y_true], [str(y) for y in y_pred]
     if not y_true:
@@ -41,19 +45,30 @@ def evaluate(
     if len(y_pred) != len(y_true):
         raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions.")
     labels = _label_order(classes, y_true, y_pred)
+    # As positions in `labels`: scikit-learn re-encodes string labels in every metric (most of
+    # the time of scoring a 20k-item holdout); names come back only in the figures' keys.
+    true, pred = _codes(y_true, labels), _codes(y_pred, labels)
+    everything = list(range(len(labels)))
+    if members is None and texts is not None:
+        members = slice_members(texts, slices)
     return {
         "n": len(y_true),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "weighted_f1": _weighted_f1(y_true, y_pred),
-        "macro_f1": _macro_f1(y_true, y_pred),
-        "per_class": per_class_metrics(y_true, y_pred, labels),
+        "accuracy": float(accuracy_score(true, pred)),
+        "weighted_f1": _weighted_f1(true, pred),
+        "macro_f1": _macro_f1(true, pred),
+        "per_class": per_class_metrics(true, pred, everything, names=labels),
         "confusion_matrix": {
             "labels": labels,
-            "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+            "matrix": confusion_matrix(true, pred, labels=everything).tolist(),
         },
         "calibration": None if proba is None else calibration(y_true, proba, classes),
-        "slices": {} if texts is None else slice_metrics(y_true, y_pred, texts, slices),
+        "slices": {} if members is None else _slices_scores(true, pred, members),
     }
+
+
+def _codes(values: list[str], labels: list[str]) -> np.ndarray:
+    position = {label: i for i, label in enumerate(labels)}
+    return np.fromiter((position[value] for value in values), dtype=np.int64, count=len(values))
 
 
 def _label_order(classes, y_true, y_pred) -> list[str]:
@@ -78,17 +93,18 @@ def _macro_f1(y_true, y_pred) -> float:
     )
 
 
-def _present(y_true, y_pred) -> list[str]:
-    return sorted(set(y_true) | set(y_pred))
+def _present(y_true, y_pred) -> list:
+    return np.union1d(np.asarray(y_true), np.asarray(y_pred)).tolist()
 
 
-def per_class_metrics(y_true, y_pred, labels) -> dict[str, dict]:
+def per_class_metrics(y_true, y_pred, labels, names=None) -> dict[str, dict]:
+    """Precision, recall, F1 and support per label, keyed by `names` (default: the labels)."""
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
     return {
-        label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-        for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(names or labels, precision, recall, f1, support, strict=True)
     }
 
 
@@ -132,13 +148,26 @@ def slice_metrics(y_true, y_pred, texts, keyword_slices=None) -> dict[str, dict]
     """n, accuracy and weighted F1 on the built-in short-text slice and each keyword slice."""
     if len(texts) != len(y_true):
         raise ValueError(f"{len(y_true)} labels but {len(texts)} texts.")
+    return _slices_scores(list(y_true), list(y_pred), slice_members(texts, keyword_slices))
+
+
+def slice_members(texts, keyword_slices=None) -> dict[str, np.ndarray]:
+    """Slice name -> which texts belong to it: the built-in short-text slice, then each keyword one."""
     keyword_slices = dict(keyword_slices or {})
     if "short_text" in keyword_slices:
         raise ValueError('"short_text" is a built-in slice; give your keyword slice another name.')
-    members = {"short_text": [len(text.split()) < SHORT_TEXT_WORDS for text in texts]}
+    members = {"short_text": np.array([len(text.split()) < SHORT_TEXT_WORDS for text in texts], dtype=bool)}
     for name, keywords in keyword_slices.items():
-        members[name] = _containing_any(texts, keywords)
-    return {name: _slice_scores(y_true, y_pred, inside) for name, inside in members.items()}
+        members[name] = np.array(_containing_any(texts, keywords), dtype=bool)
+    return members
+
+
+def _slices_scores(y_true, y_pred, members) -> dict[str, dict]:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    for inside in members.values():
+        if len(inside) != len(y_true):
+            raise ValueError(f"{len(y_true)} labels but {len(inside)} texts.")
+    return {name: _slice_scores(y_true, y_pred, np.asarray(inside, dtype=bool)) for name, inside in members.items()}
 
 
 def _containing_any(texts, keywords) -> list[bool]:
@@ -148,10 +177,9 @@ def _containing_any(texts, keywords) -> list[bool]:
     return [bool(pattern.search(text[:MAX_TEXT_CHARS])) for text in texts]
 
 
-def _slice_scores(y_true, y_pred, inside) -> dict:
-    true = [y for y, keep in zip(y_true, inside, strict=True) if keep]
-    pred = [y for y, keep in zip(y_pred, inside, strict=True) if keep]
-    if not true:
+def _slice_scores(y_true: np.ndarray, y_pred: np.ndarray, inside: np.ndarray) -> dict:
+    true, pred = y_true[inside], y_pred[inside]
+    if not len(true):
         return {"n": 0, "accuracy": None, "weighted_f1": None}
     return {
         "n": len(true),

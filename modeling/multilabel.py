@@ -459,6 +459,8 @@ def evaluate(
     thresholds: Sequence[float] | None = None,
     texts: Sequence[str] | None = None,
     slices: Mapping[str, Sequence[str]] | None = None,
+    *,
+    members: Mapping[str, Sequence[bool]] | None = None,
 ) -> dict:
     """The multi-label figures, JSON-ready: samples / micro / macro / weighted F1, Hamming loss,
     exact-set accuracy, per category precision, recall, F1, support and threshold, calibration of
@@ -467,7 +469,8 @@ def evaluate(
     Samples F1 is the mean over items of the F1 between the gold and the predicted set (an item
     whose gold and predicted sets are both empty counts 1); macro F1 is over the categories
     present in the gold or predicted sets, as in the single-label figures. `accuracy` and
-    `weighted_f1` are there so tables built for single-label versions read sensibly."""
+    `weighted_f1` are there so tables built for single-label versions read sensibly. Slices as in
+    evaluation.evaluate (`members`: their memberships, when computed already)."""
     true_sets = [[str(label) for label in labels] for labels in true_sets]
     predicted_sets = [[str(label) for label in labels] for labels in predicted_sets]
     if not true_sets:
@@ -477,6 +480,8 @@ def evaluate(
     labels = _label_order(classes, true_sets, predicted_sets)
     truth, predicted = binarize(true_sets, labels), binarize(predicted_sets, labels)
     cardinality = {"gold": float(truth.sum(axis=1).mean()), "predicted": float(predicted.sum(axis=1).mean())}
+    if members is None and texts is not None:
+        members = evaluation.slice_members(texts, slices)
     return {
         "multilabel": True,
         "n": len(true_sets),
@@ -489,7 +494,7 @@ def evaluate(
         "label_cardinality": cardinality,
         "per_class": _per_class(truth, predicted, labels, classes, thresholds),
         "calibration": None if proba is None else calibration(truth[:, : len(classes)], proba),
-        "slices": {} if texts is None else _slices(truth, predicted, texts, slices),
+        "slices": {} if members is None else _slices(truth, predicted, members),
     }
 
 
@@ -549,13 +554,7 @@ def calibration(truth: np.ndarray, proba, bins: int = evaluation.CALIBRATION_BIN
     return {"ece": float(ece), "bins": table}
 
 
-def _slices(truth, predicted, texts, keyword_slices) -> dict[str, dict]:
-    keyword_slices = dict(keyword_slices or {})
-    if "short_text" in keyword_slices:
-        raise ValueError('"short_text" is a built-in slice; give your keyword slice another name.')
-    members = {"short_text": [len(text.split()) < evaluation.SHORT_TEXT_WORDS for text in texts]}
-    for name, keywords in keyword_slices.items():
-        members[name] = evaluation._containing_any(texts, keywords)
+def _slices(truth, predicted, members) -> dict[str, dict]:
     result = {}
     for name, inside in members.items():
         rows = np.asarray(inside, dtype=bool)

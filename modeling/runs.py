@@ -536,7 +536,9 @@ def _stratified_sample(labels: list[str], size: int, seed: int) -> list[int]:
 
 def evaluate(project: Project, model, data: TrainingSet, rules) -> dict:
     """The model, the rules and majority baselines, and the active model, on the same holdout."""
-    slices = dict(Slice.objects.filter(project=project).values_list("name", "keywords"))
+    keyword_slices = dict(Slice.objects.filter(project=project).values_list("name", "keywords"))
+    # Which holdout items each slice holds, worked out once for every model scored here.
+    slices = evaluation.slice_members(data.holdout_texts, keyword_slices)
     score, kind = (_score_multilabel, multilabel) if data.multilabel else (_score, training)
     result = {"metrics": score(model, data, slices), "baselines": {}}
     for name in ("rules", "majority"):
@@ -557,16 +559,13 @@ def evaluate(project: Project, model, data: TrainingSet, rules) -> dict:
 def _score(model, data: TrainingSet, slices: dict) -> dict:
     proba = model.predict_proba(data.holdout_texts)
     predicted = [model.classes_[i] for i in proba.argmax(axis=1)]
-    return evaluation.evaluate(
-        data.holdout_labels, predicted, proba, model.classes_, texts=data.holdout_texts, slices=slices
-    )
+    return evaluation.evaluate(data.holdout_labels, predicted, proba, model.classes_, members=slices)
 
 
 def _score_multilabel(model, data: TrainingSet, slices: dict) -> dict:
     proba = model.predict_proba(data.holdout_texts)
     return multilabel.evaluate(
-        data.holdout_labels, model.decide(proba), proba, model.classes_, model.thresholds_,
-        texts=data.holdout_texts, slices=slices,
+        data.holdout_labels, model.decide(proba), proba, model.classes_, model.thresholds_, members=slices,
     )
 
 
