@@ -206,6 +206,10 @@ LABELLOOP = {
     "TRAIN_SOFT_TIME_LIMIT": env_int("TRAIN_SOFT_TIME_LIMIT", 900),
     "TRAIN_TIME_LIMIT": env_int("TRAIN_TIME_LIMIT", 960),
     "PREDICT_CHUNK": env_int("PREDICT_CHUNK", 5000),
+    # The predict endpoint's two statements run as PostgreSQL prepared statements (planned once
+    # per connection). Turn off behind a pooler that shares server connections between clients
+    # (PgBouncer in transaction mode), where a statement prepared on one may be missing on another.
+    "PREPARED_STATEMENTS": env_bool("DB_PREPARED_STATEMENTS", True),
     # Algorithms training runs choose from (comma-separated names from modeling.training);
     # empty: every available one.
     "TRAIN_ALGORITHMS": env_list("TRAIN_ALGORITHMS", ""),

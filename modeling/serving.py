@@ -4,13 +4,16 @@ A promotion makes a new version active; the next request sees the new id, loads 
 (after checking its hash, see artifacts.load_verified) and drops the project's older model from
 memory. Every request is recorded in PredictLog with its latency and whether it succeeded.
 """
+import functools
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from django.db import connection, transaction
+from django.conf import settings
+from django.db import connection
 from django.db.models import OuterRef, Subquery
+from django.utils import timezone
 
 from config import metrics
 
@@ -145,14 +148,72 @@ def predict(
 
 def _log(project, version_id, endpoint: str, started: float, ok: bool, user=None) -> float:
     latency = round((time.perf_counter() - started) * 1000, 3)
-    with transaction.atomic(), without_waiting_for_disk():
-        PredictLog.objects.create(
-            project=project, model_version_id=version_id, endpoint=endpoint, latency_ms=latency, ok=ok,
-            user=user if user is not None and user.is_authenticated else None,
-        )
+    user_id = user.pk if user is not None and user.is_authenticated else None
+    _insert_log_row(project.pk, version_id, endpoint, latency, ok, user_id)
     if ok:
         metrics.predict_observed(latency / 1000, endpoint)
     return latency
+
+
+def _insert_log_row(project_id, version_id, endpoint: str, latency: float, ok: bool, user_id) -> None:
+    """One PredictLog row in one statement, one round trip: no ORM instance, no query to compile.
+
+    Outside a transaction the INSERT commits on its own; on PostgreSQL its RETURNING clause turns
+    synchronous_commit off for that implicit transaction (set_config(..., true) lasts until its
+    end and the commit comes after RETURNING), so the commit does not wait for the disk, as
+    `without_waiting_for_disk` does for a transaction block. Inside a caller's transaction the row
+    commits with it, at the caller's durability."""
+    own_transaction = connection.vendor == "postgresql" and connection.get_autocommit()
+    created_at = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        execute_prepared(
+            cursor,
+            "labelloop_predict_log_relaxed" if own_transaction else "labelloop_predict_log",
+            _log_insert_sql() + (_WITHOUT_WAITING_FOR_DISK if own_transaction else ""),
+            [project_id, version_id, endpoint, latency, ok, created_at, user_id],
+        )
+
+
+@functools.cache
+def _log_insert_sql() -> str:
+    """Built once per process: a constant string from then on."""
+    quote = connection.ops.quote_name
+    names = ("project", "model_version", "endpoint", "latency_ms", "ok", "created_at", "user")
+    fields = [PredictLog._meta.get_field(name) for name in names]
+    columns = ", ".join(quote(field.column) for field in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    return f"INSERT INTO {quote(PredictLog._meta.db_table)} ({columns}) VALUES ({placeholders})"
+
+
+_WITHOUT_WAITING_FOR_DISK = " RETURNING set_config('synchronous_commit', 'off', true)"
+
+
+def execute_prepared(cursor, name: str, sql: str, params) -> None:
+    """Run the constant `sql` (with %s placeholders); on PostgreSQL as the prepared statement
+    `name` of this connection, prepared on its first use.
+
+    For the predict request's small statements planning costs more than running them (0.3 ms
+    against 0.1 ms for the token lookup); a prepared statement is planned once per connection.
+    PREPARE is not undone by a rollback and lasts as long as the connection, so which statements
+    a connection holds is kept with that connection's own object. SQLite's driver caches
+    compiled statements by their text already."""
+    if cursor.db.vendor != "postgresql" or not settings.LABELLOOP["PREPARED_STATEMENTS"]:
+        cursor.execute(sql, params)
+        return
+    if name not in _prepared_on(cursor.db):
+        pieces = sql.split("%s")
+        numbered = pieces[0] + "".join(f"${n}{piece}" for n, piece in enumerate(pieces[1:], start=1))
+        cursor.execute(f"PREPARE {name} AS {numbered}")
+        _prepared_on(cursor.db).add(name)
+    cursor.execute(f"EXECUTE {name} ({', '.join(['%s'] * len(params))})", params)
+
+
+def _prepared_on(db) -> set[str]:
+    """The statements prepared on `db`'s current connection (a reconnection starts empty)."""
+    held = getattr(db, "labelloop_prepared", None)
+    if held is None or held[0] is not db.connection:
+        held = db.labelloop_prepared = (db.connection, set())
+    return held[1]
 
 
 @contextmanager
