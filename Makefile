@@ -48,6 +48,7 @@ bench: bench-core
 	$(BIN)/python bench/export.py
 	$(BIN)/python bench/dashboard.py
 	$(BIN)/python bench/modeling.py
+	$(BIN)/python bench/embeddings.py
 
 bench-core: install
 	$(BIN)/python bench/run.py
