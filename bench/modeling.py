@@ -217,6 +217,7 @@ def bench_batch_predict(project, texts, labels) -> None:
         model = training.make_estimator("tfidf_logreg", params).fit(texts[:20000], labels[:20000])
         limit = PREDICT
         _limit_open_items(project, limit)
+        _shift_ranks(project)
         version = _fresh_version(project, model)
         uses_copy = predictions._uses_copy
         if writes != "copy":
@@ -253,6 +254,16 @@ def _limit_open_items(project, limit):
         Item.objects.filter(project=project, status=Item.Status.OPEN, id__gte=beyond[0]).update(status=Item.Status.GOLD)
 
 
+def _shift_ranks(project) -> None:
+    """Every open item one rank further: the same model scored twice gives the same ranks, which
+    re-ranking leaves alone; a new model moves nearly all of them, which is what is measured."""
+    from django.db.models import F
+
+    from labeling.models import Item
+
+    Item.objects.filter(project=project, status=Item.Status.OPEN).update(rank=F("rank") + 1)
+
+
 def _fresh_version(project, model):
     from modeling import artifacts
     from modeling.models import ModelVersion, Prediction
@@ -281,6 +292,7 @@ def _bench_fan_out(project, model) -> None:
 
     broker = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
     queue = f"labelloop-bench-{uuid.uuid4().hex[:8]}"
+    _shift_ranks(project)
     version = _fresh_version(project, model)
     plan = predictions.plan(project)
     ModelVersion.objects.filter(pk=version.pk).update(
