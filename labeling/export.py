@@ -356,15 +356,20 @@ class _Cells:
         def first(names):
             return names[0] if names else ""
 
+        def joined(names):
+            # An empty set ("none of these") as the JSON list `[]`: an empty cell re-imports as
+            # an unlabeled item.
+            return ";".join(names) if names or not multi else "[]"
+
         # `labels` (';'-joined), then `label` in single-label projects; likewise in JSON.
         self.csv_labels = _Memo(
-            lambda names: csv_cell(";".join(names)) + ("" if multi else "," + csv_cell(first(names)))
+            lambda names: csv_cell(joined(names)) + ("" if multi else "," + csv_cell(first(names)))
         )
         self.json_labels = _Memo(
             lambda names: f'"labels":{_json(list(names))}'
             + ("" if multi else f',"label":{_json(first(names))}')
         )
-        self.csv_tag = _Memo(lambda names: csv_cell(";".join(names) if multi else first(names)))
+        self.csv_tag = _Memo(lambda names: csv_cell(joined(names) if multi else first(names)))
         self.json_tag = _Memo(lambda names: _json(list(names) if multi else first(names)))
         self.csv_name = _Memo(csv_cell)
         self.json_name = _Memo(_jstr)

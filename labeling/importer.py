@@ -231,7 +231,10 @@ def _bad_character(char: str, at: int, row: int, column: str, unit: str) -> Impo
     )
 
 
-def _split_labels(raw) -> list[str]:
+def _split_labels(raw) -> list[str] | None:
+    """The category names of a label cell or field: a JSON list (an empty one, `[]`, is an
+    explicit empty set: see Importer._label_ids), or names separated by ';' (None when there
+    are none: an unlabeled item)."""
     if isinstance(raw, list):
         if not all(isinstance(x, str) for x in raw):
             raise ValueError("labels must be category names (strings).")
@@ -245,7 +248,7 @@ def _split_labels(raw) -> list[str]:
         except json.JSONDecodeError:
             raise ValueError("looks like a JSON list but is not valid JSON.") from None
         return _split_labels(parsed)
-    return [part.strip() for part in raw.split(";") if part.strip()]
+    return [part.strip() for part in raw.split(";") if part.strip()] or None
 
 
 def _record(number, external_id, title, text, raw_labels, label_column, text_column, max_chars, unit="row"):
@@ -269,7 +272,7 @@ def _record(number, external_id, title, text, raw_labels, label_column, text_col
         if len(external_id) > EXTERNAL_ID_MAX_CHARS:
             raise ImportRejected(f"ids can be at most {EXTERNAL_ID_MAX_CHARS} characters.", number, "id", unit)
     labels = None
-    if raw_labels:
+    if raw_labels or raw_labels == []:  # an empty cell or a null is no label; `[]` is an empty set
         try:
             labels = _split_labels(raw_labels)
         except ValueError as exc:
@@ -440,7 +443,11 @@ def _jsonl_record(number: int, record: dict, max_chars: int) -> tuple:
     text_column = next((c for c in TEXT_COLUMNS if c in record), None)
     if text_column is None:
         raise ImportRejected("missing field 'text' (or 'description').", number, "text", "line")
-    label_column = next((c for c in LABEL_COLUMNS if record.get(c) not in (None, "", [])), None)
+    # The first label field with names in it; failing that, one holding an empty list (an empty
+    # set, see Importer._label_ids).
+    label_column = next((c for c in LABEL_COLUMNS if record.get(c) not in (None, "", [])), None) or next(
+        (c for c in LABEL_COLUMNS if record.get(c) == []), None
+    )
     return _record(
         number,
         _json_str(record, "id", number),
@@ -784,6 +791,7 @@ class _Importer:
         self.project, self.unit = project, unit
         self.k = project.annotations_per_item
         self.single_label = project.mode == Project.Mode.SINGLE
+        self.accepts_empty = project.accepts_empty_label()
         categories = list(Category.objects.filter(project=project))
         self.categories = {c.name.lower(): c.id for c in categories}
         self.category_names = ", ".join(sorted(c.name for c in categories))
@@ -828,7 +836,7 @@ class _Importer:
             self.rows += 1
             if self.rows > max_rows:
                 raise ImportRejected(f"more than {max_rows:,} items; split the file.", number, unit=self.unit)
-            label_ids = self._label_ids(labels, number, label_column) if labels else None
+            label_ids = self._label_ids(labels, number, label_column) if labels is not None else None
             if digest in seen_hashes or (external_id and external_id in seen_ids):
                 result.duplicates += 1
                 continue
@@ -866,7 +874,11 @@ class _Importer:
                     f"unknown label {label!r}; expected one of: {self.category_names}.", number, column, self.unit
                 )
             ids.add(category_id)
-        return json.dumps(sorted(ids)) if ids else None
+        if not ids:
+            # An explicit empty list: the "none of these" answer where the project has it (our own
+            # exports write it so); elsewhere an unlabeled item, as other tools' empty lists mean.
+            return "[]" if self.accepts_empty else None
+        return json.dumps(sorted(ids))
 
     def _drop_known(self, batch: list[tuple]) -> list[tuple]:
         """Rows already in the project (an earlier import of the same data) are duplicates too."""

@@ -289,6 +289,38 @@ def test_it_round_trips_a_multi_label_project(fmt):
     assert "label" not in _csv_rows(_export(source, "csv"))[0]
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_it_round_trips_none_of_these_as_an_explicit_empty_list(fmt):
+    source = actions.create_project("Multi", "none-src", mode="multi", allow_none_of_these=True)
+    import_items(source, io.BytesIO(_csv_bytes([
+        ("n-1", "Nothing here", "a recipe for bread", "[]"),  # "none of these", the gold answer
+        ("n-2", "One", "just ops", "mlops"),
+        ("n-3", "Unlabeled", "no answer yet", ""),
+    ])), "none.csv")
+    assert GoldLabel.objects.get(project=source, item__external_id="n-1").categories == []
+    assert Item.objects.get(project=source, external_id="n-3").status == Item.Status.OPEN
+    if fmt == "csv":
+        assert [row["labels"] for row in _csv_rows(_export(source, "csv"))] == ["[]", "mlops"]
+    for labels_only in (True, False):
+        copy = actions.create_project("Copy", f"none-copy-{labels_only}", mode="multi", allow_none_of_these=True)
+        import_items(copy, io.BytesIO(_export(source, fmt, labels_only=labels_only)), f"gold.{fmt}")
+        assert _gold_set(copy) == _gold_set(source) == {
+            ("n-1", "Nothing here", "a recipe for bread", ()), ("n-2", "One", "just ops", ("mlops",)),
+        }
+
+
+@pytest.mark.django_db
+def test_an_empty_list_is_an_unlabeled_item_where_none_of_these_is_not_an_answer():
+    project = actions.create_project("Multi", "no-none", mode="multi")
+    jsonl = b'{"id": "e-1", "title": "Empty", "text": "other tools write [] for unlabeled", "labels": []}\n'
+
+    result = import_items(project, io.BytesIO(jsonl), "items.jsonl")
+
+    assert (result.created, result.gold_labels) == (1, 0)
+    assert Item.objects.get(project=project, external_id="e-1").status == Item.Status.OPEN
+
+
 # --- formula injection ------------------------------------------------------------------------
 
 DANGEROUS = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+2", "-2+3", "@SUM(A1:A2)", "\t=1+1", "\r=1+1"]
