@@ -65,3 +65,20 @@ def member(project, make_user):
 def _fast_password_hashing(settings):
     # The default hasher is deliberately slow; tests create hundreds of users.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def chromium(monkeypatch):
+    """Headless Debian Chromium through Playwright (required under CI=true, else skipped)."""
+    require(services.chromium_present(), "Chromium")
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import LAUNCH_ARGS
+
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls a test makes
+    # between browser steps are ordinary blocking calls, which Django would otherwise refuse.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=services.CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        yield browser
+        browser.close()

@@ -14,9 +14,7 @@ from django.core.management import call_command
 from labeling import actions
 from labeling.importer import import_items
 from labeling.models import Annotation, Assignment, Item, Project
-from tests import services
 from tests.browser import (
-    LAUNCH_ARGS,
     PREFETCHED,
     PROBE,
     QUIET,
@@ -27,26 +25,11 @@ from tests.browser import (
     percentile,
     visible_item,
 )
-from tests.conftest import require
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 PASSWORD = "browser-test-pw-1"
 ANNOTATE = "/p/demo/annotate/"
-
-
-@pytest.fixture
-def chromium(monkeypatch):
-    require(services.chromium_present(), "Chromium")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls the test makes
-    # between browser steps are ordinary blocking calls, which Django would otherwise refuse.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=services.CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

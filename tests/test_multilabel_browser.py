@@ -13,9 +13,7 @@ from labeling import actions
 from labeling.importer import import_items
 from labeling.models import Annotation, GoldLabel, Item, Project, Review, ReviewPolicy, ReviewQueue
 from modeling.models import ModelVersion, Prediction
-from tests import services
 from tests.browser import (
-    LAUNCH_ARGS,
     PREFETCHED,
     PROBE,
     QUIET,
@@ -23,22 +21,8 @@ from tests.browser import (
     output_dir,
     visible_item,
 )
-from tests.conftest import require
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def chromium(monkeypatch):
-    require(services.chromium_present(), "Chromium")
-    from playwright.sync_api import sync_playwright
-
-    # The ORM calls between browser steps are ordinary blocking calls (see tests/test_browser.py).
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=services.CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        yield browser
-        browser.close()
 
 
 def signed_in_page(chromium, live_server, user, path):

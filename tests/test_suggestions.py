@@ -11,9 +11,7 @@ from labeling import actions
 from labeling.models import Annotation, Assignment, Category, GoldLabel, Item, Project
 from modeling import predictions, runs, serving, suggestions
 from modeling.models import ModelVersion, Prediction
-from tests import services
-from tests.browser import LAUNCH_ARGS, PREFETCHED, VISIBLE_CARD, log_in
-from tests.conftest import require
+from tests.browser import PREFETCHED, VISIBLE_CARD, log_in
 
 from .modeling_data import load
 
@@ -232,18 +230,6 @@ def test_it_reports_accuracy_acceptance_and_wrong_acceptance_with_and_without_su
 
 
 # --- in a real browser ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def chromium(monkeypatch):
-    require(services.chromium_present(), "Chromium")
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=services.CHROMIUM, headless=True, args=LAUNCH_ARGS)
-        yield browser
-        browser.close()
 
 
 def open_annotate(chromium, live_server, project, username):

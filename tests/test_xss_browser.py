@@ -6,9 +6,8 @@ dialog that does not open proves less than a payload that never became an elemen
 
 import pytest
 
-from tests import services, test_security
-from tests.browser import LAUNCH_ARGS, output_dir
-from tests.conftest import require
+from tests import test_security
+from tests.browser import output_dir
 from tests.test_security import PASSWORD, hostile_pages
 
 hostile_project = test_security.hostile_project  # the same hostile data the page tests use
@@ -17,20 +16,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 # Elements the payloads would create if any page rendered them as markup.
 INJECTED = "() => document.querySelectorAll('img[src=x], svg[onload], img[onerror], script:not([src])').length"
-
-
-@pytest.fixture
-def chromium(monkeypatch):
-    require(services.chromium_present(), "Chromium")
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=services.CHROMIUM, headless=True, args=LAUNCH_ARGS
-        )
-        yield browser
-        browser.close()
 
 
 def test_it_opens_no_dialog_on_any_page_with_hostile_text(
