@@ -82,3 +82,28 @@ def chromium(monkeypatch):
         browser = playwright.chromium.launch(executable_path=services.CHROMIUM, headless=True, args=LAUNCH_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def model_algorithms() -> list[str]:
+    """What a training run in a test may choose from: fast ones. A test module that needs others
+    overrides this fixture."""
+    return ["majority", "tfidf_logreg"]
+
+
+@pytest.fixture
+def model_dir(settings, tmp_path, model_algorithms):
+    """Model artifacts in this test's own folder. The serving cache (per process) and the page
+    caches (influence report, gold pace, per project id) start and end empty, so no model or
+    report leaks from one test into the next."""
+    from django.core.cache import cache
+
+    from modeling import serving
+
+    folder = tmp_path / "models"
+    settings.LABELLOOP = {**settings.LABELLOOP, "MODEL_DIR": str(folder), "TRAIN_ALGORITHMS": list(model_algorithms)}
+    serving.forget_all()
+    cache.clear()
+    yield folder
+    serving.forget_all()
+    cache.clear()

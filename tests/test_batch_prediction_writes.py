@@ -11,12 +11,12 @@ from modeling.models import ModelVersion, Prediction
 from .modeling_data import load
 
 
-@pytest.fixture(autouse=True)
-def model_dir(settings, tmp_path):
-    settings.LABELLOOP = {**settings.LABELLOOP, "MODEL_DIR": str(tmp_path / "models"), "TRAIN_ALGORITHMS": ["tfidf_logreg"]}
-    serving.forget_all()
-    yield
-    serving.forget_all()
+@pytest.fixture
+def model_algorithms():
+    return ["tfidf_logreg"]
+
+
+pytestmark = pytest.mark.usefixtures("model_dir")
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ import uuid
 
 import pytest
 from django.conf import settings
-from django.core.cache import cache
 from django.test import Client
 
 from labeling import actions
 from labeling.models import Annotation, GoldLabel, ReviewPolicy
-from modeling import runs, serving
+from modeling import runs
 from modeling.models import ModelVersion
 from tests import services
 from tests.browser import LAUNCH_ARGS, PREFETCHED, QUIET, output_dir
@@ -42,16 +41,6 @@ def train(project) -> ModelVersion:
 def watch(page, problems):
     page.on("console", lambda m: m.type == "error" and problems.append(m.text))
     page.on("pageerror", lambda e: problems.append(str(e)))
-
-
-@pytest.fixture
-def model_dir(settings, tmp_path):
-    settings.LABELLOOP = {**settings.LABELLOOP, "MODEL_DIR": str(tmp_path / "models"), "TRAIN_ALGORITHMS": ["majority", "tfidf_logreg"]}
-    serving.forget_all()
-    cache.clear()
-    yield
-    serving.forget_all()
-    cache.clear()
 
 
 @pytest.mark.browser

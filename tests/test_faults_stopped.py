@@ -146,12 +146,8 @@ def app_on_private_redis(private_redis):
 
 
 @pytest.fixture
-def model_dir(settings, tmp_path):
-    folder = tmp_path / "models"
-    settings.LABELLOOP = {**settings.LABELLOOP, "MODEL_DIR": str(folder), "TRAIN_ALGORITHMS": ALGORITHMS.split(",")}
-    serving.forget_all()
-    yield folder
-    serving.forget_all()
+def model_algorithms():
+    return ALGORITHMS.split(",")
 
 
 @pytest.fixture

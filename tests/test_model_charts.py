@@ -3,13 +3,12 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
-from django.core.cache import cache
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from modeling import cadence, charts, runs, serving
+from modeling import cadence, charts, runs
 from modeling.models import ModelVersion
 
 from .modeling_data import load
@@ -18,14 +17,7 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-@pytest.fixture(autouse=True)
-def model_dir(settings, tmp_path):
-    settings.LABELLOOP = {**settings.LABELLOOP, "MODEL_DIR": str(tmp_path / "models"), "TRAIN_ALGORITHMS": ["majority", "tfidf_logreg"]}
-    serving.forget_all()
-    cache.clear()
-    yield
-    serving.forget_all()
-    cache.clear()
+pytestmark = pytest.mark.usefixtures("model_dir")
 
 
 def client_of(membership) -> Client:

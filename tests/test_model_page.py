@@ -3,25 +3,15 @@ rules and slices editors."""
 import re
 
 import pytest
-from django.core.cache import cache
 from django.test import Client
 
-from modeling import runs, serving
+from modeling import runs
 from modeling.models import ModelVersion, Rule, Slice
 
 from .modeling_data import load
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("model_dir")]
 HTMX = {"HTTP_HX_REQUEST": "true"}
-
-
-@pytest.fixture(autouse=True)
-def model_dir(settings, tmp_path):
-    settings.LABELLOOP = {**settings.LABELLOOP, "MODEL_DIR": str(tmp_path / "models"), "TRAIN_ALGORITHMS": ["majority", "tfidf_logreg"]}
-    serving.forget_all()
-    cache.clear()  # the page caches its influence report and gold pace per project id
-    yield
-    serving.forget_all()
 
 
 def client_of(membership) -> Client:

@@ -10,7 +10,7 @@ from modeling.models import ModelVersion
 
 from .multilabel_data import load, multi_label_project
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("model_dir")]
 PREDICT = "/api/projects/{}/predict/"
 SINGLE_LABEL_KEYS = {"model_version", "probabilities", "top_category", "latency_ms"}
 NLP_AND_VISION = {
@@ -18,16 +18,6 @@ NLP_AND_VISION = {
     "description": "language tokens and translation of words beside pixels camera segmentation of photos",
 }
 FILLER_ONLY = {"title": "A new study", "description": "simple fast approach open source results"}
-
-
-@pytest.fixture(autouse=True)
-def model_dir(settings, tmp_path):
-    settings.LABELLOOP = {
-        **settings.LABELLOOP, "MODEL_DIR": str(tmp_path / "models"), "TRAIN_ALGORITHMS": ["majority", "tfidf_logreg"],
-    }
-    serving.forget_all()
-    yield
-    serving.forget_all()
 
 
 def train(project) -> ModelVersion:

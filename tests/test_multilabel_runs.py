@@ -21,12 +21,12 @@ from .multilabel_data import csv_bytes, load, multi_label_project, rows
 FAST = ["majority", "rules", "tfidf_logreg"]
 
 
-@pytest.fixture(autouse=True)
-def model_dir(settings, tmp_path):
-    settings.LABELLOOP = {**settings.LABELLOOP, "MODEL_DIR": str(tmp_path / "models"), "TRAIN_ALGORITHMS": FAST}
-    serving.forget_all()
-    yield
-    serving.forget_all()
+@pytest.fixture
+def model_algorithms():
+    return FAST
+
+
+pytestmark = pytest.mark.usefixtures("model_dir")
 
 
 @pytest.fixture

@@ -12,20 +12,10 @@ from modeling.models import ModelVersion, PredictLog
 
 from .modeling_data import load
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("model_dir")]
 PREDICT = "/api/projects/{}/predict/"
 MODELS = "/api/projects/{}/models/"
 NLP_TEXT = {"title": "Sentiment of text", "description": "language tokens and translation of words"}
-
-
-@pytest.fixture(autouse=True)
-def model_dir(settings, tmp_path):
-    settings.LABELLOOP = {
-        **settings.LABELLOOP, "MODEL_DIR": str(tmp_path / "models"), "TRAIN_ALGORITHMS": ["majority", "tfidf_logreg"],
-    }
-    serving.forget_all()
-    yield tmp_path / "models"
-    serving.forget_all()
 
 
 def train(project) -> ModelVersion:

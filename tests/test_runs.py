@@ -19,13 +19,12 @@ from .modeling_data import load
 FAST = ["majority", "rules", "tfidf_logreg"]
 
 
-@pytest.fixture(autouse=True)
-def model_dir(settings, tmp_path):
-    folder = tmp_path / "models"
-    settings.LABELLOOP = {**settings.LABELLOOP, "MODEL_DIR": str(folder), "TRAIN_ALGORITHMS": FAST}
-    serving.forget_all()
-    yield folder
-    serving.forget_all()
+@pytest.fixture
+def model_algorithms():
+    return FAST
+
+
+pytestmark = pytest.mark.usefixtures("model_dir")
 
 
 def train(project, algorithms=None, trigger=ModelVersion.Trigger.BUTTON) -> ModelVersion:

@@ -19,12 +19,12 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 PASSWORD = "pw-for-tests-1"
 
 
-@pytest.fixture(autouse=True)
-def model_dir(settings, tmp_path):
-    settings.LABELLOOP = {**settings.LABELLOOP, "MODEL_DIR": str(tmp_path / "models"), "TRAIN_ALGORITHMS": ["tfidf_logreg"]}
-    serving.forget_all()
-    yield
-    serving.forget_all()
+@pytest.fixture
+def model_algorithms():
+    return ["tfidf_logreg"]
+
+
+pytestmark = pytest.mark.usefixtures("model_dir")
 
 
 def set_project(project, **fields) -> Project:

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from config.celery import app as celery_app
 from labeling.models import Item
-from modeling import runs, serving
+from modeling import runs
 from modeling.models import ModelVersion, Prediction
 from modeling.tasks import check_retraining, train_model_version
 
@@ -46,11 +46,8 @@ def queue():
 
 
 @pytest.fixture
-def model_dir(settings, tmp_path):
-    folder = tmp_path / "models"
-    settings.LABELLOOP = {**settings.LABELLOOP, "MODEL_DIR": str(folder), "TRAIN_ALGORITHMS": ALGORITHMS.split(",")}
-    serving.forget_all()
-    return folder
+def model_algorithms():
+    return ALGORITHMS.split(",")
 
 
 @pytest.fixture
