@@ -202,9 +202,12 @@ LABELLOOP = {
     # Leases an annotator holds at once: the item on screen plus one prefetched behind it.
     "PREFETCH_DEPTH": 2,
     "MODEL_DIR": os.environ.get("MODEL_DIR", str(VAR_DIR / "models")),
-    # Training runs: Celery soft/hard limits (seconds); a run past the hard limit is presumed dead.
+    # Training runs: Celery soft/hard limits (seconds).
     "TRAIN_SOFT_TIME_LIMIT": env_int("TRAIN_SOFT_TIME_LIMIT", 900),
     "TRAIN_TIME_LIMIT": env_int("TRAIN_TIME_LIMIT", 960),
+    # A training run beats this often while it works; one silent for six beats (runs.DEAD_AFTER_BEATS)
+    # has lost its worker (killed, machine gone) and is run again by the periodic check.
+    "RUN_HEARTBEAT_SECONDS": env_int("RUN_HEARTBEAT_SECONDS", 15),
     "PREDICT_CHUNK": env_int("PREDICT_CHUNK", 5000),
     # The predict endpoint's two statements run as PostgreSQL prepared statements (planned once
     # per connection). Turn off behind a pooler that shares server connections between clients

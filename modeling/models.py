@@ -85,6 +85,9 @@ class ModelVersion(models.Model):
     predicted_chunks = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Set every few seconds by the process doing the run (runs.heartbeat): when it stops, the
+    # worker is gone, and the periodic check runs it again without waiting for the hard limit.
+    alive_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

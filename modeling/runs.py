@@ -17,12 +17,15 @@ import hashlib
 import json
 import logging
 import random
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
@@ -63,6 +66,8 @@ SELECTION_SAMPLE = 5000
 MAX_ATTEMPTS = 3
 # A queued run nobody started this long after it was requested lost its message (broker down).
 LOST_MESSAGE_SECONDS = 300
+# A run in a training step that missed this many heartbeats in a row lost its worker.
+DEAD_AFTER_BEATS = 6
 
 
 class RunSkipped(Exception):
@@ -126,14 +131,14 @@ def scheduled_retrain(project: Project) -> ModelVersion | None:
 
 
 def recover_stale_runs(now=None) -> list[int]:
-    """Re-queue runs whose message was lost or whose worker died past the hard time limit, and
+    """Re-queue runs whose message was lost or whose worker died (heartbeat stopped), and
     hand out again the prediction chunks of runs stuck predicting; a run that has already had
     MAX_ATTEMPTS goes is marked failed instead. Returns the ids of runs it re-queued."""
     now = now or timezone.now()
     lost = ModelVersion.objects.filter(
         status=ModelVersion.Status.QUEUED, created_at__lt=now - timezone.timedelta(seconds=LOST_MESSAGE_SECONDS)
     )
-    dead = ModelVersion.objects.filter(status__in=TRAINING_STEPS, started_at__lt=now - _hard_limit())
+    dead = ModelVersion.objects.filter(_presumed_dead(now))
     requeued = []
     for version in list(lost) + list(dead):
         # Its worker is gone: a temporary artifact it was writing or evaluating is garbage now.
@@ -180,6 +185,47 @@ def _hard_limit():
     return timezone.timedelta(seconds=settings.LABELLOOP["TRAIN_TIME_LIMIT"])
 
 
+def _presumed_dead(now) -> Q:
+    """Runs in a training step whose process is gone: silent for DEAD_AFTER_BEATS heartbeats (or,
+    never having beaten, started longer ago than the hard time limit)."""
+    silent_since = now - timezone.timedelta(seconds=_beat_seconds() * DEAD_AFTER_BEATS)
+    return Q(status__in=TRAINING_STEPS) & (
+        Q(alive_at__lt=silent_since) | Q(alive_at__isnull=True, started_at__lt=now - _hard_limit())
+    )
+
+
+def _beat_seconds() -> int:
+    return settings.LABELLOOP["RUN_HEARTBEAT_SECONDS"]
+
+
+@contextmanager
+def heartbeat(version_id: int) -> Iterator[None]:
+    """While the body runs, a thread of its own marks the run alive every RUN_HEARTBEAT_SECONDS,
+    so a run whose process is SIGKILLed or whose machine is lost is run again within a few beats
+    instead of after the hard time limit. The thread beats whatever the main thread is busy with
+    (scikit-learn, numpy and torch let go of the GIL in their long loops; pure Python yields it
+    every few milliseconds)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(_beat_seconds()):
+                try:
+                    ModelVersion.objects.filter(pk=version_id, status__in=RUNNING).update(alive_at=timezone.now())
+                except DatabaseError:  # SQLite busy, a database outage: the next beat tries again
+                    log.warning("Run %s: heartbeat not recorded", version_id, exc_info=True)
+        finally:
+            connection.close()  # the thread's own connection
+
+    thread = threading.Thread(target=beat, name=f"run-{version_id}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -219,7 +265,8 @@ def run(version_id: int, algorithms: list[str] | None = None, fan_out: bool = Fa
         return "taken"
     state = Run(version, list(algorithms or allowed_algorithms()), fan_out=fan_out)
     try:
-        _walk(state)
+        with heartbeat(version_id):
+            _walk(state)
     except RunSkipped as skipped:
         finish(version, promotion_reason=str(skipped), timings=state.timings)
     except OperationalError:
@@ -373,12 +420,12 @@ def describe(error: BaseException) -> str:
 
 def start(version_id: int) -> ModelVersion | None:
     """Take the run for this worker. Returns None if another worker has it or it is finished
-    (a duplicated message). A run whose worker died (past the hard time limit) is taken again."""
-    stale = timezone.now() - _hard_limit()
+    (a duplicated message). A run whose worker died (its heartbeat stopped) is taken again."""
+    now = timezone.now()
     taken = ModelVersion.objects.filter(pk=version_id).filter(
-        Q(status=ModelVersion.Status.QUEUED) | Q(status__in=TRAINING_STEPS, started_at__lt=stale)
+        Q(status=ModelVersion.Status.QUEUED) | _presumed_dead(now)
     ).update(
-        status=ModelVersion.Status.VECTORISING, progress=5, started_at=timezone.now(),
+        status=ModelVersion.Status.VECTORISING, progress=5, started_at=now, alive_at=now,
         attempts=F("attempts") + 1, error="",
     )
     return ModelVersion.objects.select_related("project").get(pk=version_id) if taken else None

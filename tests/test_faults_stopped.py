@@ -4,7 +4,7 @@ one: the shared PostgreSQL on 5432 and Redis on 6379 are never touched.
 
 - A Celery pool process SIGKILLed in the middle of a training run: the serving model and its file
   are untouched, acks_late + reject_on_worker_lost hand the message to a new pool process, the run
-  is retried (by the periodic check once the hard time limit has passed, which also removes the
+  is retried (by the periodic check once the run's heartbeat has stopped, which also removes the
   dead run's temporary artifact) and the next run succeeds.
 - Redis stopped while annotators work: labeling goes on in bounded time; work queued before the
   outage survives it (append-only file) and is done when Redis and a worker return; the training
@@ -13,8 +13,8 @@ one: the shared PostgreSQL on 5432 and Redis on 6379 are never touched.
   same gunicorn worker process serves 200 again once PostgreSQL is back.
 
 The default suite runs each in a short form (the fault and what must hold right after it);
-`make faults` (FAULTS_FULL=1) adds the slow halves: the killed run retried once the hard time limit
-has passed and the run after it, and the training run asked for during the Redis outage.
+`make faults` (FAULTS_FULL=1) adds the slow halves: the run after the retried one, and the training
+run asked for during the Redis outage.
 Under CI=true a missing redis-server or initdb fails instead of skipping.
 """
 import glob
@@ -57,9 +57,10 @@ from .test_celery_worker import env_for
 BIN = Path(sys.executable).parent
 FULL = os.environ.get("FAULTS_FULL") == "1"
 ALGORITHMS = "majority,rules,tfidf_logreg"
-# The workers' hard time limit in these tests: a run still "training" this long after it started
-# is dead (Celery would have killed it), so the periodic check may run it again.
+# The workers' hard time limit in these tests: the killed run's retry must come well before it.
 HARD_LIMIT_SECONDS = 25
+# The workers' heartbeat: a run silent for runs.DEAD_AFTER_BEATS of these has lost its worker.
+HEARTBEAT_SECONDS = 2
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -160,7 +161,7 @@ def start_worker(private_redis, app_on_private_redis, model_dir, tmp_path):
             **env_for(private_redis.url, app_on_private_redis.conf.task_default_queue),
             "MODEL_DIR": str(model_dir), "TRAIN_ALGORITHMS": ALGORITHMS,
             "TRAIN_TIME_LIMIT": str(HARD_LIMIT_SECONDS), "TRAIN_SOFT_TIME_LIMIT": str(HARD_LIMIT_SECONDS - 5),
-            **extra_env,
+            "RUN_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS), **extra_env,
         }
         log_path = tmp_path / f"worker-{len(started)}.log"
         with log_path.open("w") as log:
@@ -225,34 +226,38 @@ def test_a_worker_killed_mid_training_changes_nothing_and_the_run_is_retried(pro
     pool_process = wait_for(lambda: children(worker.pid), 60, "the worker's pool process")[0]
     killed_at = _kill_in_the_middle(version.pk, pool_process, model_dir)
     print(f"pool process {pool_process} SIGKILLed while the run was {killed_at}")
+    first_started = run_of(version.pk).started_at
+    # The serving model is untouched: same active version, same files, same predictions.
+    assert ModelVersion.objects.get(active=True).pk == serving_version.pk
+    assert not run_of(version.pk).active
+    assert {name: sha for name, sha in files_of(model_dir).items() if not name.startswith("tmp-")} == served_files
+    assert sorted(Prediction.objects.values_list("item_id", "model_version_id", "top_category_id")) == served_predictions
+    assert serving.model_for(serving_version).predict(["language text tokens"])  # and still loads
 
     # acks_late + reject_on_worker_lost: the message went back to the queue and a new pool process
-    # took it. The run is still marked as in progress there (only the hard time limit proves its
-    # worker dead), so that delivery leaves it alone instead of training it twice at once.
+    # took it. The run's last heartbeat is still recent there, so that delivery leaves it alone
+    # instead of training it twice at once.
     wait_for(lambda: "'taken'" in worker.log(), 90, "the redelivered message to reach a new pool process", log=worker.log)
     log = worker.log()
     assert "signal 9 (SIGKILL)" in log, log
     assert len(re.findall(r"modeling\.tasks\.train_model_version\[[\w-]+\] received", log)) == 2, log
     assert children(worker.pid) and children(worker.pid)[0] != pool_process
-    # The serving model is untouched: same active version, same files, same predictions.
-    assert ModelVersion.objects.get(active=True).pk == serving_version.pk
-    assert run_of(version.pk).status in runs.TRAINING_STEPS and not run_of(version.pk).active
-    assert {name: sha for name, sha in files_of(model_dir).items() if not name.startswith("tmp-")} == served_files
-    assert sorted(Prediction.objects.values_list("item_id", "model_version_id", "top_category_id")) == served_predictions
-    assert serving.model_for(serving_version).predict(["language text tokens"])  # and still loads
+    assert run_of(version.pk).status in runs.TRAINING_STEPS
 
-    if not FULL:
-        return  # `make faults` goes on: the retry after the hard limit, then the next run
-    started = run_of(version.pk).started_at
-    wait_for(lambda: timezone.now() > started + timedelta(seconds=HARD_LIMIT_SECONDS + 1), HARD_LIMIT_SECONDS + 30, "the hard limit")
+    # Its heartbeat has stopped: a few beats later the periodic check runs it again, long before
+    # the hard time limit (the run would otherwise wait that out).
+    silent = timedelta(seconds=HEARTBEAT_SECONDS * runs.DEAD_AFTER_BEATS + 1)
+    wait_for(lambda: timezone.now() > run_of(version.pk).alive_at + silent, 60, "the heartbeat to fall silent")
     check_retraining.delay()  # what beat sends every two minutes
-
     retried = wait_until_finished(version.pk, worker)
     assert retried.status == ModelVersion.Status.DONE and retried.attempts == 2, retried.error
+    assert retried.started_at < first_started + timedelta(seconds=HARD_LIMIT_SECONDS), "it waited for the hard limit"
     assert not list(model_dir.glob("tmp-*")), "the dead run's temporary artifact was left behind"
     active = ModelVersion.objects.get(project=project, active=True)
     assert Path(active.artifact_path).is_file() and artifacts.file_sha256(Path(active.artifact_path)) == active.artifact_sha256
 
+    if not FULL:
+        return  # `make faults` goes on: the next run
     load(project, gold=20, unlabeled=0, seed=9)
     following = runs.request_training(project, ModelVersion.Trigger.BUTTON)
     following = wait_until_finished(following.pk, worker)

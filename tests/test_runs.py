@@ -1,6 +1,7 @@
 """Training runs in-process (modeling.runs.run, what the Celery task calls): promotion, refusals,
 failures part-way, duplicates, batch predictions and the active-learning order, suspected label
 errors. The same runs in a real Celery worker are in test_training_worker.py."""
+import time
 from datetime import timedelta
 
 import pytest
@@ -356,6 +357,43 @@ def test_it_takes_over_a_run_whose_worker_died(project):
     assert runs.run(version.pk) == ModelVersion.Status.DONE
     version.refresh_from_db()
     assert version.attempts == 2 and version.active
+
+
+@pytest.mark.django_db
+def test_it_runs_again_a_run_whose_heartbeat_stopped_long_before_the_hard_limit(project, settings, monkeypatch):
+    load(project)
+    version = runs.request_training(project, ModelVersion.Trigger.BUTTON, enqueue=False)
+    beat = timedelta(seconds=settings.LABELLOOP["RUN_HEARTBEAT_SECONDS"])
+    started = timezone.now() - beat * runs.DEAD_AFTER_BEATS * 2  # well within the hard limit
+    ModelVersion.objects.filter(pk=version.pk).update(
+        status=ModelVersion.Status.TRAINING, started_at=started, alive_at=timezone.now() - beat, attempts=1
+    )
+    queued = []
+    monkeypatch.setattr(runs, "enqueue_run", queued.append)
+    assert runs.recover_stale_runs() == [] and runs.run(version.pk) == "taken"  # still beating
+
+    ModelVersion.objects.filter(pk=version.pk).update(alive_at=timezone.now() - beat * (runs.DEAD_AFTER_BEATS + 1))
+    assert runs.recover_stale_runs() == [version.pk] == queued
+    assert runs.run(version.pk) == ModelVersion.Status.DONE
+    version.refresh_from_db()
+    assert version.attempts == 2 and version.active
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_beats_from_a_thread_of_its_own_while_it_works_and_stops_with_it(project, settings):
+    settings.LABELLOOP = {**settings.LABELLOOP, "RUN_HEARTBEAT_SECONDS": 1}
+    load(project)
+    version = runs.request_training(project, ModelVersion.Trigger.BUTTON, enqueue=False)
+    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.TRAINING)
+    entered = timezone.now()
+
+    with runs.heartbeat(version.pk):
+        time.sleep(2.5)  # the run's work: two beats
+
+    last_beat = ModelVersion.objects.get(pk=version.pk).alive_at
+    assert last_beat is not None and last_beat > entered
+    time.sleep(1.5)
+    assert ModelVersion.objects.get(pk=version.pk).alive_at == last_beat  # no beat once the work is over
 
 
 def test_it_builds_whole_word_patterns_for_keyword_rules():
