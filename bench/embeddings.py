@@ -15,6 +15,20 @@ is put on sys.path for a trial install outside the venv), the transformer export
 Quality guard for each variant that changes the vectors, on the shared dataset only: 5-fold
 stratified cross-validated weighted F1 of logistic regression on the vectors (the same folds for
 every variant) and the cosine similarity of each vector with the float32 one.
+
+fanout: the app's own background path end to end, with real Celery worker processes on
+PostgreSQL (BENCH_POSTGRES_URL, default database labelloop_bench_embeddings, created if missing)
+and Redis (BENCH_REDIS_URL) on a private queue. BENCH_FANOUT_ITEMS (default 3,000) items, copies
+of the shared dataset's (each copy's titles marked, so the importer keeps them), are imported by
+labeling.importer into a fresh project; the chunks of modeling.vectors.plan are sent as
+modeling.tasks.embed_chunk_task (BENCH_FANOUT_CHUNK items each, default modeling.vectors.CHUNK);
+timed from the first send until every item has its vector.
+Per worker (BENCH_FANOUT_CONCURRENCY, default "1,2": `celery worker --concurrency=N`, the Procfile's
+prefork pool; 2 is the Procfile's worker) twice: right after the worker started (each pool process
+loads the encoder in its first chunk: "encoder_loaded": false) and again on a second fresh project.
+
+BENCH_ONLY: comma-separated; "fanout" selects that section, any other word selects the variants
+whose names contain it (BENCH_ONLY=int8 runs only the int8 variants and no fan-out).
 """
 import csv
 import json
@@ -31,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
+from bench.env import env_int
 from bench.modeling import learnable_rows
 
 DATASET = Path(os.environ.get("BENCH_DATASET", "/work/shared/data/mwml/dataset.csv"))
@@ -38,6 +53,12 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 EMBED = int(os.environ.get("BENCH_EMBED", "1000"))
 ORT_PATH = os.environ.get("BENCH_ORT_PATH", "")
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+FANOUT_ITEMS = env_int("BENCH_FANOUT_ITEMS", 3000)
+FANOUT_CONCURRENCY = [int(n) for n in os.environ.get("BENCH_FANOUT_CONCURRENCY", "1,2").split(",") if n]
+PG_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/labelloop_bench_embeddings")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+FANOUT_CHUNK = env_int("BENCH_FANOUT_CHUNK", 0)  # 0: modeling.vectors.CHUNK
+FANOUT_SLUG = "bench-embeddings-fanout"
 
 Encode = Callable[[list[str]], np.ndarray]
 
@@ -143,7 +164,7 @@ def _export(model, path: Path) -> None:
     )
 
 
-def variants(model) -> dict[str, tuple[Encode, float]]:
+def variants(model, only: set[str]) -> dict[str, tuple[Encode, float]]:
     """name -> (encode, seconds it took to prepare)."""
     found: dict[str, tuple[Encode, float]] = {}
     for batch in (32, 64, 128):
@@ -169,7 +190,7 @@ def variants(model) -> dict[str, tuple[Encode, float]]:
             tag = "onnx_int8" if quantize else "onnx_fp32"
             found[f"{tag}_b64_t2"] = (encode, prepared)
             found[f"{tag}_b64_t1"] = (ort_variant(model, folder, quantize, 64, 1), prepared)
-    return {name: v for name, v in found.items() if not ONLY or any(o in name for o in ONLY)}
+    return {name: v for name, v in found.items() if not only or any(o in name for o in only)}
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -197,17 +218,27 @@ def cv_f1(vectors: np.ndarray, labels: list[str], fit_on: np.ndarray | None = No
     return float(np.mean(scores))
 
 
-def main() -> None:
+def bench_variants(only: set[str]) -> None:
     from modeling import embeddings
 
     # The float32 model is the reference every variant is made from and compared with.
-    embeddings.QUANTIZE_INT8 = False
+    configured, embeddings.QUANTIZE_INT8 = embeddings.QUANTIZE_INT8, False
+    try:
+        _bench_variants(only)
+    finally:
+        # The fan-out section looks for vectors under the configured encoder's name.
+        embeddings.QUANTIZE_INT8, embeddings._encoder = configured, None
+
+
+def _bench_variants(only: set[str]) -> None:
+    from modeling import embeddings
+
     started = time.perf_counter()
     model = embeddings.encoder()
     emit({"name": "load", "seconds": round(time.perf_counter() - started, 2), "max_seq_length": model.max_seq_length})
     texts, labels = dataset()
     sets = {"dataset": texts, "bench": bench_texts()}
-    found = variants(model)
+    found = variants(model, only)
     runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
     vectors: dict[str, np.ndarray] = {}
     for name, (encode, _) in found.items():  # warm-up: first calls allocate and pick kernels
@@ -236,6 +267,170 @@ def main() -> None:
                                  "cv_f1_fit_fp32_delta": round(crossed - reference_f1, 4),
                                  "cosine_mean": round(float(cosine.mean()), 5), "cosine_min": round(float(cosine.min()), 5)}
         emit(record)
+
+
+# --- fan-out: background embeddings in real workers ---------------------------------------------
+
+
+def bench_fanout() -> None:
+    _configure_django()
+    from django.core.management import call_command
+
+    from modeling import embeddings
+
+    if not embeddings.available():
+        emit({"name": "fanout", "skipped": "the [embeddings] extra is not installed"})
+        return
+    call_command("migrate", verbosity=0)
+    rows = _dataset_titles_and_descriptions()
+    for concurrency in FANOUT_CONCURRENCY:
+        queue = f"labelloop-bench-embfan-{os.getpid()}-{concurrency}"
+        worker = _start_worker(queue, concurrency)
+        try:
+            for round_ in range(2):
+                _fanout_round(queue, concurrency, rows, encoder_loaded=round_ > 0, worker=worker)
+        finally:
+            _stop_worker(worker, queue)
+    _fresh_project().delete()
+
+
+def _configure_django() -> None:
+    from bench.modeling import _create_postgres_database
+
+    _create_postgres_database(PG_URL)
+    os.environ["DATABASE_URL"] = PG_URL
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    # This process only imports and watches: what its imports queue after commit stays in memory
+    # (the workers are sent their chunks below, on their own queue).
+    os.environ["CELERY_BROKER_URL"] = "memory://"
+    import django
+
+    django.setup()
+
+
+def _dataset_titles_and_descriptions() -> list[tuple[str, str]]:
+    with DATASET.open(newline="", encoding="utf-8") as handle:
+        return [(r["title"], r["description"]) for r in csv.DictReader(handle)]
+
+
+def _fanout_csv(rows: list[tuple[str, str]], count: int) -> bytes:
+    """`count` items: the dataset's, then copies of it whose titles say which copy (the importer
+    drops exact duplicates); the marks add a word piece or three to a ~31-piece text."""
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["title", "description"])
+    for n in range(count):
+        title, description = rows[n % len(rows)]
+        copy = n // len(rows)
+        writer.writerow([f"{title} ({copy})" if copy else title, description])
+    return out.getvalue().encode()
+
+
+def _fresh_project():
+    from labeling import actions
+    from labeling.models import Project
+
+    Project.objects.filter(slug=FANOUT_SLUG).delete()  # its items and vectors with it
+    return actions.create_project(FANOUT_SLUG, FANOUT_SLUG)
+
+
+def _start_worker(queue: str, concurrency: int):
+    import subprocess
+
+    handle, name = tempfile.mkstemp(prefix=f"{queue}-", suffix=".log")
+    os.close(handle)
+    log = Path(name)
+    env = {**os.environ, "CELERY_BROKER_URL": REDIS_URL, "CELERY_TASK_DEFAULT_QUEUE": queue, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as out:
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).parent / "celery"), "-A", "config", "worker", f"--concurrency={concurrency}",
+             "-Q", queue, "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+             "--loglevel=INFO"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    worker.log_path = log
+    deadline = time.monotonic() + 120
+    while "ready." not in log.read_text():  # Django, scikit-learn imports: not part of the work
+        if worker.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"the bench worker did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    return worker
+
+
+def _stop_worker(worker, queue: str) -> None:
+    import redis
+
+    worker.terminate()  # warm shutdown
+    try:
+        worker.wait(timeout=60)
+    except Exception:  # noqa: BLE001 - still busy after a minute: it is only a bench worker
+        worker.kill()
+        worker.wait()
+    broker = redis.Redis.from_url(REDIS_URL)
+    for key in broker.scan_iter(f"*{queue}*"):
+        broker.delete(key)
+    worker.log_path.unlink(missing_ok=True)
+
+
+def _fanout_round(queue: str, concurrency: int, rows, encoder_loaded: bool, worker) -> None:
+    import io
+
+    from config.celery import app as celery_app
+    from labeling.importer import import_items
+    from modeling import vectors
+    from modeling.models import Embedding
+    from modeling.tasks import embed_chunk_task
+
+    project = _fresh_project()
+    imported = import_items(project, io.BytesIO(_fanout_csv(rows, FANOUT_ITEMS)), "fanout.csv")
+    planned = time.perf_counter()
+    chunks = vectors.plan(project.pk, FANOUT_CHUNK or vectors.CHUNK)
+    plan_seconds = time.perf_counter() - planned
+    load_before, cpu_before = os.getloadavg()[0], _worker_cpu_seconds(worker.pid)
+    started = time.perf_counter()
+    with celery_app.connection_for_write(REDIS_URL) as broker:
+        for first, last in chunks:
+            embed_chunk_task.apply_async((project.pk, first, last), queue=queue, connection=broker)
+    while vectors.missing(project.pk).exists():
+        if worker.poll() is not None:
+            sys.exit(f"the bench worker exited:\n{worker.log_path.read_text()}")
+        time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    cpu = _worker_cpu_seconds(worker.pid) - cpu_before
+    stored = Embedding.objects.filter(project=project).count()
+    emit({
+        "name": "fanout", "processes": concurrency, "worker": f"celery worker --concurrency={concurrency}",
+        "encoder_loaded": encoder_loaded, "items": imported.created, "stored": stored, "chunks": len(chunks),
+        "chunk_items": FANOUT_CHUNK or vectors.CHUNK, "seconds": round(seconds, 2), "items_per_s": round(stored / seconds, 1),
+        "target_items_per_s": 150, "plan_seconds": round(plan_seconds, 3),
+        # On a shared machine: CPU the worker's processes got, and what that rate is per CPU-second.
+        "worker_cpu_seconds": round(cpu, 2), "items_per_cpu_second": round(stored / cpu, 1) if cpu else None,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    })
+
+
+def _worker_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a worker and its pool processes so far (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def main() -> None:
+    variant_words = ONLY - {"fanout"}
+    if not ONLY or variant_words:
+        bench_variants(variant_words)
+    if not ONLY or "fanout" in ONLY:
+        bench_fanout()
 
 
 if __name__ == "__main__":

@@ -284,6 +284,9 @@ CELERY_BEAT_SCHEDULE = {
     "recount-stale-progress": {"task": "labeling.tasks.recount_stale_progress", "schedule": 300.0},
     # Retrain after every N new gold labels (an indexed count per project) and pick up lost runs.
     "check-retraining": {"task": "modeling.tasks.check_retraining", "schedule": 120.0},
+    # Sentence embeddings of items that have none (catch-up: imports queue their own at once);
+    # chunks handed out within the last hour are not sent again (modeling.tasks.embed_pending).
+    "embed-pending": {"task": "modeling.tasks.embed_pending", "schedule": 600.0},
     # Nightly, for projects whose gold labels changed since their last run.
     "scheduled-retraining": {"task": "modeling.tasks.scheduled_retraining", "schedule": crontab(hour=3, minute=0)},
 }

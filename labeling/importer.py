@@ -910,6 +910,11 @@ def import_items(project: Project, stream: BinaryIO, filename: str = "", size: i
         result = _Importer(project, "line" if fmt == "jsonl" else "row").run(rows)
         # The dashboard's figures are recounted by a worker, only once the items are committed.
         recount_progress.delay_on_commit(project.pk)
+        if result.created:
+            # The new items' sentence embeddings are made by the workers, once committed.
+            from modeling.tasks import queue_embeddings
+
+            queue_embeddings(project.pk)
         if result.gold_labels:
             # Imported labels may make a training run due (modeling.runs.retrain_if_due).
             from modeling.tasks import check_retraining

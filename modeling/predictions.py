@@ -31,20 +31,9 @@ def unlabeled(project: Project):
 
 
 def plan(project: Project, size: int | None = None) -> list[list[int]]:
-    """[first id, last id] of each run of `size` consecutive unlabeled items (ids read in order
-    from the primary key, never with OFFSET)."""
-    size = size or chunk_size()
-    chunks, first, count, last = [], None, 0, None
-    for item_id in unlabeled(project).order_by("id").values_list("id", flat=True).iterator(chunk_size=20_000):
-        if first is None:
-            first = item_id
-        count, last = count + 1, item_id
-        if count == size:
-            chunks.append([first, last])
-            first, count = None, 0
-    if first is not None:
-        chunks.append([first, last])
-    return chunks
+    """[first id, last id] of each run of `size` consecutive unlabeled items."""
+    ids = unlabeled(project).order_by("id").values_list("id", flat=True)
+    return vectors.id_ranges(ids.iterator(chunk_size=20_000), size or chunk_size())
 
 
 def predict_range(version: ModelVersion, model, first_id: int, last_id: int) -> dict:
