@@ -47,6 +47,9 @@ REQUESTS = int(os.environ.get("BENCH_REQUESTS", "500"))
 EMBED = int(os.environ.get("BENCH_EMBED", "1000"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "2"))
 ONLY = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+# 0: batch predictions only as they are made now (no word-pairs + multi-row INSERT comparison).
+BATCH_OLD_WAY = os.environ.get("BENCH_BATCH_OLD_WAY", "1") == "1"
+SERVER_LABEL = os.environ.get("BENCH_POSTGRES_SETTINGS", "")
 PG_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/labelloop_bench_modeling")
 TOPIC_WORDS = 200
 
@@ -87,7 +90,9 @@ def _create_postgres_database(url: str) -> None:
 
 
 def emit(record: dict) -> None:
-    print(json.dumps({"backend": BACKEND, **record}), flush=True)
+    # bench/postgres_settings.py runs this bench on two servers and says which in every line.
+    label = {"postgres_settings": SERVER_LABEL} if SERVER_LABEL else {}
+    print(json.dumps({"backend": BACKEND, **label, **record}), flush=True)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -210,7 +215,7 @@ def bench_batch_predict(project, texts, labels) -> None:
     tried = [
         ("words 1", {"word_ngrams": (1, 1), "char_ngrams": None}, "copy"),
         ("words 1-2", {"word_ngrams": (1, 2), "char_ngrams": None}, "multi-row insert"),
-    ]
+    ][: 2 if BATCH_OLD_WAY else 1]
     for config, params, writes in tried:
         if writes == "copy" and not predictions._uses_copy():
             continue  # SQLite: multi-row inserts only
