@@ -49,6 +49,8 @@ bench: bench-core
 	$(BIN)/python bench/dashboard.py
 	$(BIN)/python bench/modeling.py
 	$(BIN)/python bench/embeddings.py
+	$(BIN)/python bench/postgres_settings.py
+	$(BIN)/python bench/quality.py
 
 bench-core: install
 	$(BIN)/python bench/run.py
