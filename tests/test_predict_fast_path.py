@@ -16,9 +16,9 @@ from modeling import serving
 from modeling.models import ModelVersion, PredictLog
 
 from .modeling_data import load
-from .test_predict_api import NLP_TEXT, PREDICT, client_for, model_dir, train  # noqa: F401 (fixture)
+from .test_predict_api import NLP_TEXT, PREDICT, client_for, train
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("model_dir")]
 
 
 def test_a_warm_predict_with_a_token_costs_one_lookup_and_the_log_row(project, member):
