@@ -289,7 +289,7 @@ def _walk(state: Run) -> None:
     claim_snapshot(version, data.snapshot_hash)
     rules = rules_for(project)
     with timed(state.timings, "vectorise"):
-        known = _vectorise(version, data) if _uses_embeddings(state.algorithms) else {}
+        known = _vectorise(version, data) if uses_embeddings(state.algorithms) else {}
     notes: list[str] = []
     # The run's texts are encoded once (or read back from storage) for all that follows.
     with embeddings.remember(known):
@@ -336,7 +336,7 @@ def _noting(notes: list[str], what: str, function, *args, **kwargs):
         return None
 
 
-def _uses_embeddings(algorithms: list[str]) -> bool:
+def uses_embeddings(algorithms: list[str]) -> bool:
     return any(training.ALGORITHMS[name].uses_embeddings for name in algorithms)
 
 

@@ -131,8 +131,7 @@ def embed_pending(project_id: int | None = None, size: int | None = None) -> int
     while an import's chunks are still queued sends nothing, a second import only its new items."""
     if not _embeddings_wanted():
         return 0
-    projects = Project.objects.all() if project_id is None else Project.objects.filter(pk=project_id)
-    return sum(_send_chunks(pk, size or vectors.CHUNK) for pk in projects.values_list("pk", flat=True))
+    return sum(_send_chunks(project.pk, size or vectors.CHUNK) for project in _projects(project_id))
 
 
 def queue_embeddings(project_id: int) -> None:
@@ -144,7 +143,7 @@ def queue_embeddings(project_id: int) -> None:
 
 def _embeddings_wanted() -> bool:
     """What a training run decides (runs._walk): embeddings only for the embedding algorithms."""
-    return embeddings.available() and runs._uses_embeddings(runs.allowed_algorithms())
+    return embeddings.available() and runs.uses_embeddings(runs.allowed_algorithms())
 
 
 def _send_chunks(project_id: int, size: int) -> int:

@@ -9,7 +9,7 @@ In the background, a project's items without a vector are cut into chunks of con
 `embed_range` does one chunk. Training runs and batch predictions encode inline only what is
 still missing (`ensure`).
 """
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 
 import numpy as np
@@ -41,12 +41,15 @@ def from_bytes(raw) -> np.ndarray:
 
 def stored(item_ids: Sequence[int]) -> dict[int, np.ndarray]:
     """Stored vectors of these items made by the current encoder, by item id."""
+    return {item_id: from_bytes(raw) for item_id, raw in _current(item_ids, "item_id", "vector")}
+
+
+def _current(item_ids: Sequence[int], *fields: str) -> Iterator[tuple]:
+    """`fields` of the current encoder's stored vectors of these items, READ_CHUNK ids a query."""
     name = embeddings.encoder_name()
-    found: dict[int, np.ndarray] = {}
     for start in range(0, len(item_ids), READ_CHUNK):
-        rows = Embedding.objects.filter(item_id__in=item_ids[start : start + READ_CHUNK], encoder=name)
-        found.update((item_id, from_bytes(raw)) for item_id, raw in rows.values_list("item_id", "vector"))
-    return found
+        part = item_ids[start : start + READ_CHUNK]
+        yield from Embedding.objects.filter(item_id__in=part, encoder=name).values_list(*fields)
 
 
 def missing(project_id: int):
@@ -85,21 +88,11 @@ def embed_range(project_id: int, first_id: int, last_id: int) -> int:
         for item_id, title, text, owner in in_range.values_list("id", "title", "text", "project_id")
         if owner == project_id
     ]
-    have = _have_current([item_id for item_id, _ in items])
+    # Which have a vector, not the vectors: nothing here needs them.
+    have = {item_id for (item_id,) in _current([item_id for item_id, _ in items], "item_id")}
     todo = [(item_id, text) for item_id, text in items if item_id not in have]
-    for start in range(0, len(todo), BATCH):
-        batch = todo[start : start + BATCH]
-        _store(project_id, [item_id for item_id, _ in batch], embeddings.encode([text for _, text in batch]))
+    _encode_and_store(project_id, todo)
     return len(todo)
-
-
-def _have_current(item_ids: list[int]) -> set[int]:
-    name = embeddings.encoder_name()
-    found: set[int] = set()
-    for start in range(0, len(item_ids), READ_CHUNK):
-        part = item_ids[start : start + READ_CHUNK]
-        found.update(Embedding.objects.filter(item_id__in=part, encoder=name).values_list("item_id", flat=True))
-    return found
 
 
 def ensure(
@@ -112,13 +105,23 @@ def ensure(
     have = stored([item_id for item_id, _ in items])
     by_text = {text: have[item_id] for item_id, text in items if item_id in have}
     missing = [(item_id, text) for item_id, text in items if item_id not in have]
-    for start in range(0, len(missing), BATCH):
-        batch = missing[start : start + BATCH]
+    by_text.update(_encode_and_store(project_id, missing, on_batch))
+    return by_text
+
+
+def _encode_and_store(
+    project_id: int, items: list[tuple[int, str]], on_batch: Callable[[int, int], None] | None = None
+) -> dict[str, np.ndarray]:
+    """Encode (item id, text) pairs BATCH at a time, storing each batch as it is done; returns the
+    vectors by text. `on_batch(done, total)` after each stored batch."""
+    by_text: dict[str, np.ndarray] = {}
+    for start in range(0, len(items), BATCH):
+        batch = items[start : start + BATCH]
         vectors = embeddings.encode([text for _, text in batch])
         _store(project_id, [item_id for item_id, _ in batch], vectors)
         by_text.update(zip([text for _, text in batch], vectors, strict=True))
         if on_batch is not None:
-            on_batch(start + len(batch), len(missing))
+            on_batch(start + len(batch), len(items))
     return by_text
 
 
