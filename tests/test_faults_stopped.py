@@ -88,6 +88,18 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in path.read_text().split()] if path.exists() else []
 
 
+def pool_process(worker: subprocess.Popen) -> int:
+    """The worker's one pool process. Asked for when it is needed, not at start: a starting worker
+    also has short-lived children (matplotlib's font scan runs fc-list, forked from the worker), and
+    one of them, taken for the pool process, is gone by the time it is killed."""
+
+    def settled():
+        pool = children(worker.pid)
+        return pool[0] if len(pool) == 1 else None
+
+    return wait_for(settled, 60, "the worker's one pool process", interval=0.02, log=worker.log)
+
+
 # --- a private Redis ---------------------------------------------------------------------------
 
 
@@ -223,9 +235,8 @@ def test_a_worker_killed_mid_training_changes_nothing_and_the_run_is_retried(pro
     worker = start_worker()
 
     version = runs.request_training(project, ModelVersion.Trigger.BUTTON)  # published on commit
-    pool_process = wait_for(lambda: children(worker.pid), 60, "the worker's pool process")[0]
-    killed_at = _kill_in_the_middle(version.pk, pool_process, model_dir)
-    print(f"pool process {pool_process} SIGKILLed while the run was {killed_at}")
+    killed, killed_at = _kill_in_the_middle(version.pk, worker, model_dir)
+    print(f"pool process {killed} SIGKILLed while the run was {killed_at}")
     first_started = run_of(version.pk).started_at
     # The serving model is untouched: same active version, same files, same predictions.
     assert ModelVersion.objects.get(active=True).pk == serving_version.pk
@@ -241,7 +252,7 @@ def test_a_worker_killed_mid_training_changes_nothing_and_the_run_is_retried(pro
     log = worker.log()
     assert "signal 9 (SIGKILL)" in log, log
     assert len(re.findall(r"modeling\.tasks\.train_model_version\[[\w-]+\] received", log)) == 2, log
-    assert children(worker.pid) and children(worker.pid)[0] != pool_process
+    assert pool_process(worker) != killed
     assert run_of(version.pk).status in runs.TRAINING_STEPS
 
     # Its heartbeat has stopped: a few beats later the periodic check runs it again, long before
@@ -265,9 +276,10 @@ def test_a_worker_killed_mid_training_changes_nothing_and_the_run_is_retried(pro
     assert not list(model_dir.glob("tmp-*"))
 
 
-def _kill_in_the_middle(version_id: int, pool_process: int, model_dir: Path) -> str:
-    """SIGKILL the pool process once the run is training, at best while its temporary artifact is
-    on disk (the hardest moment: a file is half-way to being published). Returns the run's step."""
+def _kill_in_the_middle(version_id: int, worker: subprocess.Popen, model_dir: Path) -> tuple[int, str]:
+    """SIGKILL the worker's pool process once the run is training, at best while its temporary
+    artifact is on disk (the hardest moment: a file is half-way to being published). Returns the
+    process killed and the run's step."""
     wait_for(lambda: run_of(version_id).status in runs.TRAINING_STEPS, 90, "the run to start training", interval=0.02)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not list(model_dir.glob("tmp-*")):
@@ -275,8 +287,9 @@ def _kill_in_the_middle(version_id: int, pool_process: int, model_dir: Path) -> 
             pytest.fail("the run finished before it could be killed")
         time.sleep(0.005)
     status = run_of(version_id).status
-    os.kill(pool_process, signal.SIGKILL)
-    return f"{status}" + (" with its temporary artifact on disk" if list(model_dir.glob("tmp-*")) else "")
+    killed = pool_process(worker)
+    os.kill(killed, signal.SIGKILL)
+    return killed, f"{status}" + (" with its temporary artifact on disk" if list(model_dir.glob("tmp-*")) else "")
 
 
 # --- Redis stopped while annotators work --------------------------------------------------------
