@@ -36,7 +36,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from .models import Category, GoldLabel, ImportJob, Item, Project, content_hash
-from .tasks import recount_progress
+from .tasks import follow_up_import
 
 logger = logging.getLogger(__name__)
 
@@ -908,18 +908,9 @@ def import_items(project: Project, stream: BinaryIO, filename: str = "", size: i
         # inserts that reference the project (foreign keys) are not blocked meanwhile.
         Project.objects.select_for_update(no_key=True).filter(pk=project.pk).first()
         result = _Importer(project, "line" if fmt == "jsonl" else "row").run(rows)
-        # The dashboard's figures are recounted by a worker, only once the items are committed.
-        recount_progress.delay_on_commit(project.pk)
-        if result.created:
-            # The new items' sentence embeddings are made by the workers, once committed.
-            from modeling.tasks import queue_embeddings
-
-            queue_embeddings(project.pk)
-        if result.gold_labels:
-            # Imported labels may make a training run due (modeling.runs.retrain_if_due).
-            from modeling.tasks import check_retraining
-
-            check_retraining.delay_on_commit(project.pk)
+        # What the workers do once the items are committed, in one message: a hung broker holds
+        # the import up for one publish's timeout, not one per follow-up.
+        follow_up_import.delay_on_commit(project.pk, new_items=result.created > 0, new_gold=result.gold_labels > 0)
     if result.created >= _limit("IMPORT_ANALYZE_MIN_ROWS", 10_000):
         refresh_planner_statistics()
     result.seconds = time.perf_counter() - started

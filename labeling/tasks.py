@@ -41,6 +41,21 @@ def recount_progress(project_id: int) -> dict:
 
 
 @shared_task(base=RefreshTask)
+def follow_up_import(project_id: int, new_items: bool, new_gold: bool) -> dict:
+    """What an import leaves to the workers: the dashboard's recount, the new items' sentence
+    embeddings handed out as chunk tasks, and, when it brought gold labels, the check that may
+    start a training run. Each is also done by its beat task, so a lost message heals."""
+    from modeling import tasks as modeling  # modeling builds on labeling, not the other way round
+
+    done = {"progress": recount_progress(project_id)}
+    if new_items:
+        done["embedding_chunks"] = modeling.embed_pending(project_id)
+    if new_gold:
+        done["runs_queued"] = modeling.check_retraining(project_id)
+    return done
+
+
+@shared_task(base=RefreshTask)
 def recount_stale_progress() -> int:
     """On the beat schedule: queue a recount for every project whose figures are older than
     RECOUNT_EVERY, so the dashboard's aggregates heal even when nobody opens it (a lost recount

@@ -7,9 +7,10 @@ in the middle of (acks_late + reject_on_worker_lost: the message goes back to th
 run left behind is picked up again by `check_retraining`). A database outage is retried with
 exponential backoff; any other failure is recorded on the run by runs.run itself.
 
-Sentence embeddings are made in the background too: `embed_pending` (after an import commits, and
-on the beat schedule) hands out one `embed_chunk_task` per chunk of items without a vector, so
-every worker process encodes its share and later runs and predictions find them stored.
+Sentence embeddings are made in the background too: `embed_pending` (after an import commits, from
+labeling.tasks.follow_up_import, and on the beat schedule) hands out one `embed_chunk_task` per
+chunk of items without a vector, so every worker process encodes its share and later runs and
+predictions find them stored.
 """
 import functools
 import hashlib
@@ -132,13 +133,6 @@ def embed_pending(project_id: int | None = None, size: int | None = None) -> int
     if not _embeddings_wanted():
         return 0
     return sum(_send_chunks(project.pk, size or vectors.CHUNK) for project in _projects(project_id))
-
-
-def queue_embeddings(project_id: int) -> None:
-    """Once the current transaction commits, hand out the embeddings of the project's new items;
-    where no training algorithm uses embeddings, nothing is published at all."""
-    if _embeddings_wanted():
-        embed_pending.delay_on_commit(project_id)
 
 
 def _embeddings_wanted() -> bool:

@@ -14,6 +14,7 @@ from django.core.cache import cache
 
 from labeling import actions
 from labeling.models import Item
+from labeling.tasks import follow_up_import
 from modeling import embeddings, runs, serving, tasks, training, vectors
 from modeling.models import Embedding, ModelVersion
 
@@ -175,25 +176,25 @@ def test_it_hands_out_nothing_when_no_algorithm_uses_embeddings(project, sent, s
 
 
 @pytest.mark.django_db
-def test_an_import_queues_the_embeddings_of_its_new_items_after_commit(
-    project, django_capture_on_commit_callbacks, with_embeddings, settings
+def test_an_import_hands_out_its_new_items_embeddings_from_its_one_follow_up_message(
+    project, django_capture_on_commit_callbacks, sent, with_embeddings
 ):
-    require(embeddings.available(), "the [embeddings] extra")
     with django_capture_on_commit_callbacks(execute=False) as queued:
         load(project, gold=0, unlabeled=3)
-    names = [callback.func.__self__.name for callback in queued]
-    assert names.count("modeling.tasks.embed_pending") == 1
-    assert [c.args for c in queued if c.func.__self__.name == "modeling.tasks.embed_pending"] == [((project.pk,), {})]
+    # The import's only message, published once it commits.
+    assert [(c.func.__self__.name, c.args) for c in queued] == [
+        ("labeling.tasks.follow_up_import", ((project.pk,), {"new_items": True, "new_gold": False}))
+    ]
+    ids = ids_of(project)
+    done = follow_up_import(project.pk, new_items=True, new_gold=False)  # what the worker runs
+    assert sent == [(project.pk, ids[0], ids[2])] and done["embedding_chunks"] == 1
+    assert done["progress"]["items"] == 3  # and the dashboard's recount
 
     with django_capture_on_commit_callbacks(execute=False) as queued:
         load(project, gold=0, unlabeled=3)  # the same rows: duplicates, nothing new to embed
-    assert "modeling.tasks.embed_pending" not in [callback.func.__self__.name for callback in queued]
-
-    # No algorithm uses embeddings: no message at all (nor a publish that waits on a hung broker).
-    settings.LABELLOOP = {**settings.LABELLOOP, "TRAIN_ALGORITHMS": ["majority", "tfidf_logreg"]}
-    with django_capture_on_commit_callbacks(execute=False) as queued:
-        load(project, gold=0, unlabeled=3, seed=8)
-    assert "modeling.tasks.embed_pending" not in [callback.func.__self__.name for callback in queued]
+    assert [c.args for c in queued] == [((project.pk,), {"new_items": False, "new_gold": False})]
+    assert "embedding_chunks" not in follow_up_import(project.pk, new_items=False, new_gold=False)
+    assert len(sent) == 1
 
 
 def test_the_beat_schedule_catches_up_on_missing_embeddings(settings):

@@ -12,6 +12,7 @@ from django.utils import timezone
 from labeling import actions
 from labeling.models import Item, Project, ReviewQueue, Split
 from labeling.review import claim_review
+from labeling.tasks import follow_up_import
 from modeling import artifacts, runs, serving, training
 from modeling.models import ModelVersion, Prediction, Rule
 
@@ -328,6 +329,20 @@ def test_it_queues_a_run_after_enough_new_gold_labels(project):
     assert due.status == ModelVersion.Status.QUEUED
     runs.run(due.pk)
     assert runs.retrain_if_due(project) is None  # nothing new since that run
+
+
+@pytest.mark.django_db
+def test_an_import_of_gold_labels_queues_a_run_once_enough_are_new(project, django_capture_on_commit_callbacks):
+    Project.objects.filter(pk=project.pk).update(retrain_every=50)
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        load(project, gold=52, unlabeled=0)
+    assert [c.args for c in queued] == [((project.pk,), {"new_items": True, "new_gold": True})]
+
+    done = follow_up_import(project.pk, new_items=True, new_gold=True)  # what the worker runs
+
+    due = ModelVersion.objects.get(project=project)
+    assert done["runs_queued"] == [due.pk] and due.trigger == ModelVersion.Trigger.GOLD_COUNT
+    assert follow_up_import(project.pk, new_items=False, new_gold=True)["runs_queued"] == []  # one is queued
 
 
 @pytest.mark.django_db
