@@ -32,6 +32,35 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="runs in the SQLite pass"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_broker_folder(tmp_path_factory):
+    """What the tests publish to the embedded filesystem broker goes to a folder of the run's own,
+    not to the checkout's var/broker, where a later `make run` would consume it. Processes the
+    tests start (manage.py commands) inherit the folder through the environment."""
+    from django.conf import settings
+
+    from config.celery import app
+
+    from .broker import forget_broker_connections
+
+    if not settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        yield
+        return
+    folder, saved = tmp_path_factory.mktemp("broker"), app.conf.broker_transport_options
+    moved = {key: value.replace(str(settings.BROKER_DIR), str(folder)) if isinstance(value, str) else value
+             for key, value in saved.items()}
+    for value in moved.values():
+        if isinstance(value, str) and value.startswith(str(folder)):
+            os.makedirs(value, exist_ok=True)
+    app.conf.broker_transport_options = moved
+    forget_broker_connections(app)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CELERY_BROKER_DIR", str(folder))
+        yield
+    app.conf.broker_transport_options = saved
+    forget_broker_connections(app)
+
+
 @pytest.fixture
 def project(db):
     from labeling import actions
