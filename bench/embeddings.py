@@ -47,6 +47,7 @@ import numpy as np
 
 from bench.env import env_int
 from bench.modeling import learnable_rows
+from bench.workers import celery_workers
 
 DATASET = Path(os.environ.get("BENCH_DATASET", "/work/shared/data/mwml/dataset.csv"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -285,12 +286,9 @@ def bench_fanout() -> None:
     rows = _dataset_titles_and_descriptions()
     for concurrency in FANOUT_CONCURRENCY:
         queue = f"labelloop-bench-embfan-{os.getpid()}-{concurrency}"
-        worker = _start_worker(queue, concurrency)
-        try:
+        with celery_workers(REDIS_URL, queue, concurrency=concurrency) as (worker,):
             for round_ in range(2):
                 _fanout_round(queue, concurrency, rows, encoder_loaded=round_ > 0, worker=worker)
-        finally:
-            _stop_worker(worker, queue)
     _fresh_project().delete()
 
 
@@ -334,44 +332,6 @@ def _fresh_project():
 
     Project.objects.filter(slug=FANOUT_SLUG).delete()  # its items and vectors with it
     return actions.create_project(FANOUT_SLUG, FANOUT_SLUG)
-
-
-def _start_worker(queue: str, concurrency: int):
-    import subprocess
-
-    handle, name = tempfile.mkstemp(prefix=f"{queue}-", suffix=".log")
-    os.close(handle)
-    log = Path(name)
-    env = {**os.environ, "CELERY_BROKER_URL": REDIS_URL, "CELERY_TASK_DEFAULT_QUEUE": queue, "PYTHONUNBUFFERED": "1"}
-    with log.open("w") as out:
-        worker = subprocess.Popen(
-            [str(Path(sys.executable).parent / "celery"), "-A", "config", "worker", f"--concurrency={concurrency}",
-             "-Q", queue, "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-             "--loglevel=INFO"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    worker.log_path = log
-    deadline = time.monotonic() + 120
-    while "ready." not in log.read_text():  # Django, scikit-learn imports: not part of the work
-        if worker.poll() is not None or time.monotonic() > deadline:
-            sys.exit(f"the bench worker did not start:\n{log.read_text()}")
-        time.sleep(0.2)
-    return worker
-
-
-def _stop_worker(worker, queue: str) -> None:
-    import redis
-
-    worker.terminate()  # warm shutdown
-    try:
-        worker.wait(timeout=60)
-    except Exception:  # noqa: BLE001 - still busy after a minute: it is only a bench worker
-        worker.kill()
-        worker.wait()
-    broker = redis.Redis.from_url(REDIS_URL)
-    for key in broker.scan_iter(f"*{queue}*"):
-        broker.delete(key)
-    worker.log_path.unlink(missing_ok=True)
 
 
 def _fanout_round(queue: str, concurrency: int, rows, encoder_loaded: bool, worker) -> None:

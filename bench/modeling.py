@@ -284,12 +284,12 @@ def _fresh_version(project, model):
 
 
 def _bench_fan_out(project, model) -> None:
-    import subprocess
     import uuid
 
     from django.db import connection
     from django.utils import timezone
 
+    from bench.workers import celery_workers
     from config.celery import app as celery_app
     from modeling import predictions
     from modeling.models import ModelVersion
@@ -305,17 +305,7 @@ def _bench_fan_out(project, model) -> None:
         timings={"predict_started": time.time(), "predicted": 0, "reranked": 0},
     )
     connection.close()  # SQLite: no open transaction of ours while the workers write
-    env = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_TASK_DEFAULT_QUEUE": queue, "DB_CONN_MAX_AGE": "0"}
-    workers = [
-        subprocess.Popen(
-            [str(Path(sys.executable).parent / "celery"), "-A", "config", "worker", "--pool=solo", "-Q", queue,
-             "-n", f"{queue}-{n}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel=WARNING"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        for n in range(WORKERS)
-    ]
-    try:
-        time.sleep(5)  # worker start-up (Django, scikit-learn imports) is not part of the work
+    with celery_workers(broker, queue, count=WORKERS, pool="solo", DB_CONN_MAX_AGE="0"):
         started = time.perf_counter()
         with celery_app.connection_for_write(broker) as conn:
             for index in range(len(plan)):
@@ -323,11 +313,6 @@ def _bench_fan_out(project, model) -> None:
         while ModelVersion.objects.filter(pk=version.pk, status="predicting").exists():
             time.sleep(0.2)
         seconds = round(time.perf_counter() - started, 3)
-    finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.wait(timeout=30)
     version.refresh_from_db()
     emit({
         "name": "batch_predict", "features": "words 1", "writes": "copy" if predictions._uses_copy() else "multi-row insert",
