@@ -89,7 +89,7 @@ def test_it_keeps_labeling_while_the_broker_is_unreachable(dead_broker, project,
     started = time.monotonic()
     import_items(
         project, io.BytesIO(b"text\none\ntwo\nthree\n"), "items.csv"
-    )  # queues a recount on commit
+    )  # queues its follow-up (a recount among it) on commit
     membership = member(Role.ANNOTATOR)
     client = Client()
     client.force_login(membership.user)

@@ -300,7 +300,7 @@ def test_labeling_goes_on_while_redis_is_stopped_and_queued_work_resumes(project
     queue = app_on_private_redis.conf.task_default_queue
     # No run from the gold-label count: the only training run is the one asked for in the outage.
     Project.objects.filter(pk=project.pk).update(retrain_every=0)
-    load(project, gold=60, unlabeled=20)  # the import queues a recount; no worker is running yet
+    load(project, gold=60, unlabeled=20)  # the import queues its follow-up; no worker is running yet
     assert private_redis.queued(queue) == 1  # the import's follow-up: its recount and retraining check
     annotator = member(Role.ANNOTATOR)
     admin = member(Role.ADMIN)
