@@ -21,6 +21,15 @@ CALIBRATION_BINS = 10
 SHORT_TEXT_WORDS = 8  # titles with little or no description: where suggestions are least reliable
 
 
+def check_holdout(truth: Sequence, predicted: Sequence, what: str) -> None:
+    """What single- and multi-label evaluation both refuse: nothing to score, or a prediction
+    count that does not match the gold one (`what` names the gold entries in the message)."""
+    if not truth:
+        raise ValueError("Nothing to evaluate: the holdout is empty.")
+    if len(predicted) != len(truth):
+        raise ValueError(f"{len(truth)} {what} but {len(predicted)} predictions.")
+
+
 def evaluate(
     y_true: Sequence[str],
     y_pred: Sequence[str],
@@ -40,10 +49,7 @@ def evaluate(
     e.g. once for several models scored on the same holdout.
     """
     y_true, y_pred = [str(y) for y in y_true], [str(y) for y in y_pred]
-    if not y_true:
-        raise ValueError("Nothing to evaluate: the holdout is empty.")
-    if len(y_pred) != len(y_true):
-        raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions.")
+    check_holdout(y_true, y_pred, "true labels")
     labels = _label_order(classes, y_true, y_pred)
     # As positions in `labels`: scikit-learn re-encodes string labels in every metric (most of
     # the time of scoring a 20k-item holdout); names come back only in the figures' keys.

@@ -473,10 +473,7 @@ def evaluate(
     evaluation.evaluate (`members`: their memberships, when computed already)."""
     true_sets = [[str(label) for label in labels] for labels in true_sets]
     predicted_sets = [[str(label) for label in labels] for labels in predicted_sets]
-    if not true_sets:
-        raise ValueError("Nothing to evaluate: the holdout is empty.")
-    if len(predicted_sets) != len(true_sets):
-        raise ValueError(f"{len(true_sets)} true label sets but {len(predicted_sets)} predictions.")
+    evaluation.check_holdout(true_sets, predicted_sets, "true label sets")
     labels = _label_order(classes, true_sets, predicted_sets)
     truth, predicted = binarize(true_sets, labels), binarize(predicted_sets, labels)
     cardinality = {"gold": float(truth.sum(axis=1).mean()), "predicted": float(predicted.sum(axis=1).mean())}
