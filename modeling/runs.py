@@ -301,7 +301,8 @@ def _walk(state: Run) -> None:
         with timed(state.timings, "evaluate"):
             results = evaluate(project, model, data, rules)
         ModelVersion.objects.filter(pk=version.pk).update(
-            algorithm=report["algorithm"], params={**report["params"], **_thresholds(report)}, selection=report,
+            algorithm=report["algorithm"], params={**report["params"], **_thresholds(report), **_encoder_of(model)},
+            selection=report,
             trained_on=len(data.train_ids), holdout_size=len(data.holdout_ids),
             metrics=results["metrics"], baselines=results["baselines"], artifact_sha256=sha,
         )
@@ -620,6 +621,20 @@ def _thresholds(report: dict) -> dict:
     """A multi-label model's thresholds by category, stored with its params for the suggestion
     cards (a small field, unlike the metrics)."""
     return {"thresholds": report["thresholds"]} if "thresholds" in report else {}
+
+
+def _encoder_of(model) -> dict:
+    """The sentence encoder whose vectors a model learned from, kept with its params: another
+    one's vectors (a new package version, int8 on or off) are not what it was trained on."""
+    return {"encoder": embeddings.encoder_name()} if getattr(model, "uses_embeddings", False) else {}
+
+
+def encoder_changed(version: ModelVersion) -> dict | None:
+    """When `version` learned from another encoder's vectors than this server makes now (or can
+    make none): {"trained": that encoder, "now": this one, or "" without the [embeddings] extra}."""
+    trained = (version.params or {}).get("encoder")
+    now = embeddings.encoder_name() if embeddings.available() else ""
+    return {"trained": trained, "now": now} if trained and trained != now else None
 
 
 def headline(project: Project) -> tuple[str, str, object]:

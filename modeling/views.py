@@ -69,6 +69,7 @@ def model_page(request, slug):
         "versions": versions,
         "active": active,
         "active_report": _version_report(active) if active else None,
+        "encoder_changed": runs.encoder_changed(active) if active else None,
         "influence": _influence(project),
         "influence_counted_at": parse_datetime((project.progress or {}).get("counted_at") or ""),
         "influence_stale": dashboard.is_stale(project.progress or {}),

