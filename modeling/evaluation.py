@@ -19,6 +19,10 @@ from .training import MAX_TEXT_CHARS, keyword_pattern
 
 CALIBRATION_BINS = 10
 SHORT_TEXT_WORDS = 8  # titles with little or no description: where suggestions are least reliable
+# Bootstrap resamples of the holdout behind each 95 % interval; a fixed seed, so a version's page
+# shows the same interval on every view.
+INTERVAL_RESAMPLES = 1000
+INTERVAL_SEED = 0
 
 
 def check_holdout(truth: Sequence, predicted: Sequence, what: str) -> None:
@@ -57,19 +61,64 @@ def evaluate(
     everything = list(range(len(labels)))
     if members is None and texts is not None:
         members = slice_members(texts, slices)
+    matrix = confusion_matrix(true, pred, labels=everything)
     return {
         "n": len(y_true),
         "accuracy": float(accuracy_score(true, pred)),
         "weighted_f1": _weighted_f1(true, pred),
         "macro_f1": _macro_f1(true, pred),
+        "intervals": confusion_intervals(matrix),
         "per_class": per_class_metrics(true, pred, everything, names=labels),
-        "confusion_matrix": {
-            "labels": labels,
-            "matrix": confusion_matrix(true, pred, labels=everything).tolist(),
-        },
+        "confusion_matrix": {"labels": labels, "matrix": matrix.tolist()},
         "calibration": None if proba is None else calibration(y_true, proba, classes),
         "slices": {} if members is None else _slices_scores(true, pred, members),
     }
+
+
+def confusion_intervals(matrix: np.ndarray) -> dict[str, list[float]]:
+    """95 % bootstrap intervals of accuracy, weighted and macro F1: the holdout is one sample of
+    items, and on a few hundred of them another draw moves a figure by points. These figures
+    depend on the confusion matrix alone: its cells are the items' kinds."""
+    counts = np.asarray(matrix, dtype=np.float64)
+    shares = resampled_shares(counts.ravel()).reshape(-1, *counts.shape)
+    present = (counts.sum(axis=0) + counts.sum(axis=1)) > 0  # the labels the figures are over
+    return {name: percentile_interval(values) for name, values in confusion_figures(shares, present).items()}
+
+
+def resampled_shares(kinds: np.ndarray) -> np.ndarray:
+    """INTERVAL_RESAMPLES redraws of a holdout whose items fall into kinds (items alike for every
+    figure), `kinds` holding how many items are of each: each row the kinds' shares in one redraw.
+
+    A Bayesian bootstrap (shares from a Dirichlet around the observed counts: the same intervals
+    as redrawing the items, at a cost that does not grow with them), with one pseudo-item spread
+    over all the kinds. Without it a holdout with no mistake at all redraws none, ever: an
+    interval of zero width, a certainty a few dozen items cannot give. On a large holdout the
+    pseudo-item weighs nothing."""
+    counts = np.asarray(kinds, dtype=np.float64)
+    return np.random.default_rng(INTERVAL_SEED).dirichlet(counts + 1 / len(counts), size=INTERVAL_RESAMPLES)
+
+
+def confusion_figures(matrices: np.ndarray, present: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Accuracy, weighted and macro F1 of each confusion matrix in a stack (rows: true labels,
+    columns: predicted; counts or shares), as `evaluate` computes them: F1 is 0 where undefined,
+    and macro F1 is over the `present` labels (default: each matrix's labels in the gold or the
+    predictions)."""
+    hits = np.diagonal(matrices, axis1=1, axis2=2)
+    support, predicted = matrices.sum(axis=2), matrices.sum(axis=1)
+    if present is None:
+        present = (support + predicted) > 0
+    f1 = np.divide(2 * hits, support + predicted, out=np.zeros(hits.shape), where=(support + predicted) > 0)
+    items = support.sum(axis=1)
+    return {
+        "accuracy": hits.sum(axis=1) / items,
+        "weighted_f1": (f1 * support).sum(axis=1) / items,
+        "macro_f1": (f1 * present).sum(axis=1) / present.sum(axis=-1),
+    }
+
+
+def percentile_interval(values: np.ndarray) -> list[float]:
+    low, high = np.percentile(values, [2.5, 97.5])
+    return [float(low), float(high)]
 
 
 def _codes(values: list[str], labels: list[str]) -> np.ndarray:

@@ -488,6 +488,7 @@ def evaluate(
         "weighted_f1": _f1_over_present(truth, predicted, "weighted"),
         "hamming_loss": float(hamming_loss(truth, predicted)),
         "accuracy": float(accuracy_score(truth, predicted)),  # exact set
+        "intervals": _intervals(truth, predicted),
         "label_cardinality": cardinality,
         "per_class": _per_class(truth, predicted, labels, classes, thresholds),
         "calibration": None if proba is None else calibration(truth[:, : len(classes)], proba),
@@ -513,6 +514,33 @@ def _f1_over_present(truth, predicted, average: str) -> float:
 
 def _samples_f1(truth, predicted) -> float:
     return float(f1_score(truth, predicted, average="samples", zero_division=1.0))
+
+
+def _intervals(truth, predicted) -> dict[str, list[float]]:
+    """95 % bootstrap intervals of samples, weighted and macro F1 and exact-set accuracy (see
+    evaluation.confusion_intervals). An item's kind is its pair of gold and predicted sets: a
+    holdout has few distinct pairs however many items it has."""
+    pairs, counts = np.unique(np.hstack([truth, predicted]).astype(np.int64), axis=0, return_counts=True)
+    gold, chosen = np.hsplit(pairs, 2)
+    weights = evaluation.resampled_shares(counts)  # (redraws, kinds), rows summing to 1
+    hits, support, guessed = weights @ (gold & chosen), weights @ gold, weights @ chosen  # (redraws, categories)
+    sizes = gold.sum(axis=1) + chosen.sum(axis=1)
+    # An item with both sets empty scores 1, as in _samples_f1.
+    item_f1 = np.divide(2 * (gold & chosen).sum(axis=1), sizes, out=np.ones(len(pairs)), where=sizes > 0)
+    f1 = np.divide(2 * hits, support + guessed, out=np.zeros(hits.shape), where=(support + guessed) > 0)
+    present = (gold.sum(axis=0) + chosen.sum(axis=0)) > 0  # the categories the figures are over
+    figures = {
+        "samples_f1": weights @ item_f1,
+        "weighted_f1": _ratio((f1 * support).sum(axis=1), support.sum(axis=1)),
+        "macro_f1": _ratio((f1 * present).sum(axis=1), np.full(len(weights), present.sum())),
+        "accuracy": weights @ (gold == chosen).all(axis=1),
+    }
+    return {name: evaluation.percentile_interval(values) for name, values in figures.items()}
+
+
+def _ratio(numerators: np.ndarray, denominators: np.ndarray) -> np.ndarray:
+    """0 where the denominator is 0 (no category present), as _f1_over_present."""
+    return np.divide(numerators, denominators, out=np.zeros(len(numerators)), where=denominators > 0)
 
 
 def _per_class(truth, predicted, labels, classes, thresholds) -> dict[str, dict]:

@@ -263,6 +263,7 @@ def _version_report(version: ModelVersion) -> dict:
                 "weighted_f1": m.get("weighted_f1"),
                 "macro_f1": m.get("macro_f1"),
                 "ece": (m.get("calibration") or {}).get("ece"),
+                "intervals": m.get("intervals") or {},  # none on versions evaluated before they were added
             }
             for name, m in compared
         ],

@@ -47,6 +47,7 @@ def test_it_prints_one_json_object_with_every_algorithm(csv_pair):
             "weighted_f1",
             "macro_f1",
             "accuracy",
+            "intervals",
             "per_class",
             "train_seconds",
             "params",

@@ -2,8 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
+from modeling import evaluation
 from modeling.evaluation import calibration, compare, evaluate
 
 CLASSES = ["a", "b", "c"]
@@ -152,3 +155,54 @@ def test_compare_passes_when_there_is_nothing_to_compare_with():
 def test_compare_refuses_a_negative_margin():
     with pytest.raises(ValueError):
         compare({"weighted_f1": 0.9}, {"weighted_f1": 0.8}, -0.1)
+
+
+# --- 95 % intervals ------------------------------------------------------------------------------
+
+
+def noisy_holdout(n: int, seed: int = 1) -> tuple[list[str], list[str]]:
+    """n items of four classes, about 85 % predicted right, the rest spread over five labels."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 4, n)
+    predicted = np.where(rng.random(n) < 0.85, truth, rng.integers(0, 5, n))
+    return [f"c{t}" for t in truth], [f"c{p}" for p in predicted]
+
+
+def test_the_figures_of_a_confusion_matrix_are_the_holdout_figures(metrics):
+    matrix = np.array(metrics["confusion_matrix"]["matrix"])[None]
+    figures = evaluation.confusion_figures(matrix)
+    for name in ("accuracy", "weighted_f1", "macro_f1"):
+        assert figures[name][0] == pytest.approx(metrics[name])
+
+
+def test_each_headline_figure_has_a_95_percent_interval_around_it():
+    truth, predicted = noisy_holdout(300)
+    metrics = evaluate(truth, predicted, None, ["c0", "c1", "c2", "c3"])
+    for name in ("accuracy", "weighted_f1", "macro_f1"):
+        low, high = metrics["intervals"][name]
+        assert low < metrics[name] < high, name
+    assert evaluate(truth, predicted, None, ["c0"])["intervals"] == metrics["intervals"]  # the same on every view
+    # Ten times the items, the same proportions: about a third as wide (1/sqrt(10)).
+    many = evaluate(truth * 10, predicted * 10, None, ["c0"])
+    width = np.diff(metrics["intervals"]["weighted_f1"])[0]
+    assert np.diff(many["intervals"]["weighted_f1"])[0] == pytest.approx(width / np.sqrt(10), rel=0.25)
+
+
+def test_the_intervals_are_those_of_redrawing_the_items_themselves():
+    truth, predicted = noisy_holdout(200, seed=3)
+    metrics = evaluate(truth, predicted, None, ["c0", "c1", "c2", "c3"])
+    rng, t, p = np.random.default_rng(7), np.array(truth), np.array(predicted)
+    redrawn = []
+    for _ in range(2000):
+        pick = rng.integers(0, len(t), len(t))
+        redrawn.append(f1_score(t[pick], p[pick], labels=np.union1d(t[pick], p[pick]), average="weighted", zero_division=0))
+    # Two Monte Carlo estimates of the same percentiles: they agree to within a point or so.
+    assert metrics["intervals"]["weighted_f1"] == pytest.approx(np.percentile(redrawn, [2.5, 97.5]), abs=0.012)
+
+
+def test_a_holdout_without_a_mistake_still_gets_an_interval_that_says_how_few_items_it_had():
+    perfect = [f"c{i % 4}" for i in range(12)]
+    low, high = evaluate(perfect, perfect, None, ["c0", "c1", "c2", "c3"])["intervals"]["accuracy"]
+    # Clopper-Pearson's exact 95 % interval for 12 of 12 right starts at 0.735.
+    assert 0.7 < low < 0.8 and high > 0.99
+    assert evaluate(perfect * 100, perfect * 100, None, ["c0"])["intervals"]["accuracy"][0] > 0.995

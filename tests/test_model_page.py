@@ -50,6 +50,8 @@ def test_it_shows_versions_baselines_and_the_serving_versions_figures(project, m
     assert "encoder" not in version.params  # no sentence vectors in it
     assert f"{version.metrics['weighted_f1']:.3f}" in html
     assert f"{version.baselines['majority']['weighted_f1']:.3f}" in html
+    low, high = version.metrics["intervals"]["weighted_f1"]
+    assert f"{low:.3f}–{high:.3f}" in html and "95 % bootstrap interval" in html
     assert "Confusion matrix" in html and "short text (under 8 words)" in html and "Calibration" in html
     assert version.promotion_reason.replace("&", "&amp;") in html
     assert "How suggestions influence people" in html

@@ -199,3 +199,23 @@ def test_one_vs_rest_on_embeddings_and_tfidf_learns_label_sets():
     assert report["algorithm"] == "ovr_embeddings_tfidf_logreg" and model.uses_embeddings
     proba = model.predict_proba(texts[80:])
     assert multilabel.evaluate(sets[80:], model.decide(proba), proba, model.classes_)["samples_f1"] > 0.85
+
+
+def test_its_headline_figures_have_95_percent_intervals_like_redrawing_the_items():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(2)
+    categories = ["a", "b", "c", "d"]
+    gold = [[c for c in categories if rng.random() < 0.35] for _ in range(250)]
+    chosen = [[c for c in categories if (c in labels) ^ (rng.random() < 0.12)] for labels in gold]
+    metrics = multilabel.evaluate(gold, chosen, None, categories, None)
+    for name in ("samples_f1", "weighted_f1", "macro_f1", "accuracy"):
+        low, high = metrics["intervals"][name]
+        assert low < metrics[name] < high, name
+
+    truth, predicted = multilabel.binarize(gold, categories), multilabel.binarize(chosen, categories)
+    redrawn = []
+    for _ in range(2000):
+        pick = rng.integers(0, 250, 250)
+        redrawn.append(f1_score(truth[pick], predicted[pick], average="samples", zero_division=1.0))
+    assert metrics["intervals"]["samples_f1"] == pytest.approx(np.percentile(redrawn, [2.5, 97.5]), abs=0.012)

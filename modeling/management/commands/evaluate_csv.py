@@ -114,6 +114,7 @@ def _test_scores(model, report: dict, texts: list[str], labels: list[str]) -> di
         "weighted_f1": metrics["weighted_f1"],
         "macro_f1": metrics["macro_f1"],
         "accuracy": metrics["accuracy"],
+        "intervals": metrics["intervals"],  # 95 % bootstrap intervals over the test rows
         "ece": metrics["calibration"]["ece"],
         "per_class": metrics["per_class"],
         "slices": metrics["slices"],
@@ -186,14 +187,15 @@ def _algorithm_names(option: str | None) -> list[str] | None:
 
 def _table(result: dict) -> str:
     header = (
-        f"{'algorithm':<26}{'CV wF1':>8}{'test wF1':>10}{'macro F1':>10}"
+        f"{'algorithm':<26}{'CV wF1':>8}{'test wF1':>10}{'95 % interval':>15}{'macro F1':>10}"
         f"{'accuracy':>10}{'ECE':>7}{'train s':>9}"
     )
     lines = [f"{result['n_train']} training rows, {result['n_test']} test rows", "", header]
     for name, scores in result["algorithms"].items():
+        low, high = scores["intervals"]["weighted_f1"]
         lines.append(
-            f"{name:<26}{scores['cv_weighted_f1']:>8.3f}{scores['weighted_f1']:>10.3f}{scores['macro_f1']:>10.3f}"
-            f"{scores['accuracy']:>10.3f}{scores['ece']:>7.3f}{scores['train_seconds']:>9.1f}"
+            f"{name:<26}{scores['cv_weighted_f1']:>8.3f}{scores['weighted_f1']:>10.3f}{f'{low:.3f}-{high:.3f}':>15}"
+            f"{scores['macro_f1']:>10.3f}{scores['accuracy']:>10.3f}{scores['ece']:>7.3f}{scores['train_seconds']:>9.1f}"
         )
     lines += ["", f"Best by cross-validation on the training CSV: {result['best']}"]
     return "\n".join(lines)
