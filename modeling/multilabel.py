@@ -520,22 +520,44 @@ def _intervals(truth, predicted) -> dict[str, list[float]]:
     """95 % bootstrap intervals of samples, weighted and macro F1 and exact-set accuracy (see
     evaluation.confusion_intervals). An item's kind is its pair of gold and predicted sets: a
     holdout has few distinct pairs however many items it has."""
-    pairs, counts = np.unique(np.hstack([truth, predicted]).astype(np.int64), axis=0, return_counts=True)
-    gold, chosen = np.hsplit(pairs, 2)
-    weights = evaluation.resampled_shares(counts)  # (redraws, kinds), rows summing to 1
+    kinds, counts = np.unique(np.hstack([truth, predicted]).astype(np.int64), axis=0, return_counts=True)
+    gold, chosen = np.hsplit(kinds, 2)
+    figures = _figures(gold, chosen, evaluation.resampled_shares(counts), _present(truth, predicted))
+    return {name: evaluation.percentile_interval(values) for name, values in figures.items()}
+
+
+def difference_intervals(true_sets, new_sets, old_sets, classes) -> dict[str, list[float]]:
+    """95 % intervals of (new model − old model) in the same figures on the same holdout items,
+    paired as evaluation.difference_intervals. An item's kind: its gold, new and old sets."""
+    labels = _label_order(classes, true_sets, list(new_sets) + list(old_sets))
+    truth, new, old = (binarize([[str(c) for c in s] for s in sets], labels) for sets in (true_sets, new_sets, old_sets))
+    kinds, counts = np.unique(np.hstack([truth, new, old]).astype(np.int64), axis=0, return_counts=True)
+    gold, chosen_new, chosen_old = np.hsplit(kinds, 3)
+    shares = evaluation.resampled_shares(counts)
+    before = _figures(gold, chosen_old, shares, _present(truth, old))
+    after = _figures(gold, chosen_new, shares, _present(truth, new))
+    return {name: evaluation.percentile_interval(after[name] - before[name]) for name in after}
+
+
+def _present(truth, predicted) -> np.ndarray:
+    """The categories the figures are over: in the gold or the predicted sets."""
+    return (np.asarray(truth).sum(axis=0) + np.asarray(predicted).sum(axis=0)) > 0
+
+
+def _figures(gold, chosen, weights, present) -> dict[str, np.ndarray]:
+    """Samples, weighted and macro F1 and exact-set accuracy of each row of `weights` (shares of
+    the kinds, whose gold and chosen sets are the rows of `gold` and `chosen`)."""
     hits, support, guessed = weights @ (gold & chosen), weights @ gold, weights @ chosen  # (redraws, categories)
     sizes = gold.sum(axis=1) + chosen.sum(axis=1)
     # An item with both sets empty scores 1, as in _samples_f1.
-    item_f1 = np.divide(2 * (gold & chosen).sum(axis=1), sizes, out=np.ones(len(pairs)), where=sizes > 0)
+    item_f1 = np.divide(2 * (gold & chosen).sum(axis=1), sizes, out=np.ones(len(gold)), where=sizes > 0)
     f1 = np.divide(2 * hits, support + guessed, out=np.zeros(hits.shape), where=(support + guessed) > 0)
-    present = (gold.sum(axis=0) + chosen.sum(axis=0)) > 0  # the categories the figures are over
-    figures = {
+    return {
         "samples_f1": weights @ item_f1,
         "weighted_f1": _ratio((f1 * support).sum(axis=1), support.sum(axis=1)),
         "macro_f1": _ratio((f1 * present).sum(axis=1), np.full(len(weights), present.sum())),
         "accuracy": weights @ (gold == chosen).all(axis=1),
     }
-    return {name: evaluation.percentile_interval(values) for name, values in figures.items()}
 
 
 def _ratio(numerators: np.ndarray, denominators: np.ndarray) -> np.ndarray:

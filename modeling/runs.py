@@ -588,33 +588,46 @@ def evaluate(project: Project, model, data: TrainingSet, rules) -> dict:
     # Which holdout items each slice holds, worked out once for every model scored here.
     slices = evaluation.slice_members(data.holdout_texts, keyword_slices)
     score, kind = (_score_multilabel, multilabel) if data.multilabel else (_score, training)
-    result = {"metrics": score(model, data, slices), "baselines": {}}
+    metrics, decided = score(model, data, slices)
+    result = {"metrics": metrics, "baselines": {}}
     for name in ("rules", "majority"):
         baseline = kind.make_estimator(name, rules=rules).fit(data.train_texts, data.train_labels)
-        result["baselines"][name] = score(baseline, data, slices)
+        result["baselines"][name] = score(baseline, data, slices)[0]
     active = serving.active_version(project.pk)
     if active is not None:
         try:
-            metrics = score(serving.model_for(active), data, slices)
+            serving_model = serving.model_for(active)
+            metrics, before = score(serving_model, data, slices)
         except serving.ModelUnavailable as error:
             log.warning("Active version %s could not be re-scored: %s", active.number, error)
         else:
-            result["active"] = {"id": active.pk, "number": active.number, "metrics": metrics}
-            result["baselines"]["previous"] = {"version": active.number, **metrics}
+            difference = _difference(data, decided, before, model.classes_)
+            result["active"] = {"id": active.pk, "number": active.number, "metrics": metrics, "difference": difference}
+            result["baselines"]["previous"] = {"version": active.number, **metrics, "difference": difference}
     return result
 
 
-def _score(model, data: TrainingSet, slices: dict) -> dict:
+def _score(model, data: TrainingSet, slices: dict) -> tuple[dict, list]:
+    """The model's figures on the holdout, and what it decided for each item."""
     proba = model.predict_proba(data.holdout_texts)
     predicted = [model.classes_[i] for i in proba.argmax(axis=1)]
-    return evaluation.evaluate(data.holdout_labels, predicted, proba, model.classes_, members=slices)
+    return evaluation.evaluate(data.holdout_labels, predicted, proba, model.classes_, members=slices), predicted
 
 
-def _score_multilabel(model, data: TrainingSet, slices: dict) -> dict:
+def _score_multilabel(model, data: TrainingSet, slices: dict) -> tuple[dict, list]:
     proba = model.predict_proba(data.holdout_texts)
-    return multilabel.evaluate(
-        data.holdout_labels, model.decide(proba), proba, model.classes_, model.thresholds_, members=slices,
+    decided = model.decide(proba)
+    metrics = multilabel.evaluate(
+        data.holdout_labels, decided, proba, model.classes_, model.thresholds_, members=slices,
     )
+    return metrics, decided
+
+
+def _difference(data: TrainingSet, decided: list, before: list, classes) -> dict[str, list[float]]:
+    """95 % intervals of (this run's model − the serving one) on the same holdout items."""
+    if data.multilabel:
+        return multilabel.difference_intervals(data.holdout_labels, decided, before, classes)
+    return evaluation.difference_intervals(data.holdout_labels, decided, before)
 
 
 def _thresholds(report: dict) -> dict:
@@ -663,7 +676,7 @@ def promote_if_better(version: ModelVersion, temporary_artifact, artifact_sha: s
             reason = (
                 f"Not promoted: holdout {figure} {version.metrics[key]:.3f} is more than "
                 f"{project.promotion_margin:.3f} below the active version {current.number} "
-                f"({old_metrics[key]:.3f} {basis})."
+                f"({old_metrics[key]:.3f} {basis})." + _sureness(active, key, figure)
             )
             ModelVersion.objects.filter(pk=version.pk).update(promoted=False, promotion_reason=reason)
             artifacts.discard(temporary_artifact)
@@ -678,9 +691,20 @@ def promote_if_better(version: ModelVersion, temporary_artifact, artifact_sha: s
         )
         ModelVersion.objects.filter(pk=version.pk).update(
             active=True, promoted=True, artifact_path=str(final), artifact_sha256=artifact_sha,
-            promotion_reason=f"Promoted: holdout {figure} {version.metrics[key]:.3f} against {previous}.",
+            promotion_reason=f"Promoted: holdout {figure} {version.metrics[key]:.3f} against {previous}."
+            + _sureness(active, key, figure),
         )
     return True
+
+
+def _sureness(active: dict | None, key: str, figure: str) -> str:
+    """How sure the difference to the serving version is, when both were scored on these items:
+    a difference whose interval holds 0 may be the holdout's luck of the draw."""
+    low, high = ((active or {}).get("difference") or {}).get(key) or (None, None)
+    if low is None:
+        return ""
+    verdict = "better beyond noise" if low > 0 else "worse beyond noise" if high < 0 else "within noise"
+    return f" Minus version {active['number']} in {figure}: {low:+.3f} to {high:+.3f} (95 %), {verdict}."
 
 
 def flag_label_errors(version: ModelVersion, data: TrainingSet, report: dict, check: label_errors.Check) -> int:

@@ -206,3 +206,16 @@ def test_a_holdout_without_a_mistake_still_gets_an_interval_that_says_how_few_it
     # Clopper-Pearson's exact 95 % interval for 12 of 12 right starts at 0.735.
     assert 0.7 < low < 0.8 and high > 0.99
     assert evaluate(perfect * 100, perfect * 100, None, ["c0"])["intervals"]["accuracy"][0] > 0.995
+
+
+def test_a_paired_difference_is_sure_where_each_models_own_interval_is_not():
+    truth, better = noisy_holdout(300, seed=4)
+    # The same predictions with 15 of the right ones made wrong: 5 points worse on every draw.
+    worse = list(better)
+    for i in [i for i, (t, p) in enumerate(zip(truth, better, strict=True)) if t == p][:15]:
+        worse[i] = "c9"
+    new, old = evaluate(truth, better, None, ["c0"]), evaluate(truth, worse, None, ["c0"])
+    assert new["intervals"]["accuracy"][0] < old["intervals"]["accuracy"][1]  # their own intervals overlap
+    low, high = evaluation.difference_intervals(truth, better, worse)["accuracy"]
+    assert 0 < low < 0.05 < high  # yet the difference is sure: 15 of 300 items
+    assert evaluation.difference_intervals(truth, better, better)["weighted_f1"] == [0.0, 0.0]

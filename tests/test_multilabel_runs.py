@@ -188,6 +188,8 @@ def test_promotion_compares_samples_f1(multi):
     # The serving model was scored again on the new run's holdout, with the multi-label figures.
     assert worse.baselines["previous"]["version"] == good.number
     assert worse.baselines["previous"]["samples_f1"] > worse.metrics["samples_f1"]
+    assert worse.baselines["previous"]["difference"]["samples_f1"][1] < 0  # paired: worse beyond noise
+    assert "in samples F1" in worse.promotion_reason and "worse beyond noise" in worse.promotion_reason
 
 
 @pytest.mark.django_db

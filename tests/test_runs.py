@@ -126,6 +126,10 @@ def test_it_does_not_promote_a_worse_model(project, model_dir):
     # The serving model was re-scored on the same, larger holdout for the comparison.
     assert worse.baselines["previous"]["version"] == good.number
     assert worse.baselines["previous"]["n"] == worse.metrics["n"]
+    # Paired on the same items: majority against a real model is worse beyond the holdout's noise.
+    low, high = worse.baselines["previous"]["difference"]["weighted_f1"]
+    assert low < worse.metrics["weighted_f1"] - worse.baselines["previous"]["weighted_f1"] < high < 0
+    assert f"Minus version {good.number} in weighted F1: {low:+.3f} to {high:+.3f} (95 %), worse beyond noise." in worse.promotion_reason
     good.refresh_from_db()
     assert good.active
     assert temporaries(model_dir) == []
