@@ -522,6 +522,13 @@ def _intervals(truth, predicted) -> dict[str, list[float]]:
     holdout has few distinct pairs however many items it has."""
     kinds, counts = np.unique(np.hstack([truth, predicted]).astype(np.int64), axis=0, return_counts=True)
     gold, chosen = np.hsplit(kinds, 2)
+    # Mistakes a redraw may make though this holdout shows none: each gold set seen, with one
+    # category flipped (the counterpart of the confusion cells no item fell in, which get their
+    # share of the pseudo-item in the single-label intervals).
+    seen, width = np.unique(gold, axis=0), gold.shape[1]
+    gold = np.vstack([gold, np.repeat(seen, width, axis=0)])
+    chosen = np.vstack([chosen, np.repeat(seen, width, axis=0) ^ np.tile(np.eye(width, dtype=np.int64), (len(seen), 1))])
+    counts = np.concatenate([counts, np.zeros(len(seen) * width, dtype=counts.dtype)])
     figures = _figures(gold, chosen, evaluation.resampled_shares(counts), _present(truth, predicted))
     return {name: evaluation.percentile_interval(values) for name, values in figures.items()}
 

@@ -703,6 +703,8 @@ def _sureness(active: dict | None, key: str, figure: str) -> str:
     low, high = ((active or {}).get("difference") or {}).get(key) or (None, None)
     if low is None:
         return ""
+    if low == high == 0:
+        return f" It and version {active['number']} decide every holdout item alike."
     verdict = "better beyond noise" if low > 0 else "worse beyond noise" if high < 0 else "within noise"
     return f" Minus version {active['number']} in {figure}: {low:+.3f} to {high:+.3f} (95 %), {verdict}."
 

@@ -219,3 +219,11 @@ def test_its_headline_figures_have_95_percent_intervals_like_redrawing_the_items
         pick = rng.integers(0, 250, 250)
         redrawn.append(f1_score(truth[pick], predicted[pick], average="samples", zero_division=1.0))
     assert metrics["intervals"]["samples_f1"] == pytest.approx(np.percentile(redrawn, [2.5, 97.5]), abs=0.012)
+
+
+def test_a_holdout_without_a_mistake_still_gets_intervals_that_say_how_few_items_it_had():
+    perfect = [["a"], ["b"], ["c"], ["d"]] * 6  # 24 items, every set right
+    intervals = multilabel.evaluate(perfect, perfect, None, ["a", "b", "c", "d"], None)["intervals"]
+    # As for 23 of 23 single-label items (Clopper-Pearson's exact interval starts at 0.852).
+    assert 0.82 < intervals["accuracy"][0] < 0.9
+    assert all(0.9 < low < 0.97 and high > 0.99 for low, high in (intervals["samples_f1"], intervals["macro_f1"]))

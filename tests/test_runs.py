@@ -146,6 +146,8 @@ def test_it_promotes_a_model_within_the_margin(project):
 
     assert second.active and second.promoted
     assert f"against version {first.number}" in second.promotion_reason
+    # How sure the difference is, paired on the same items (the two may decide every item alike).
+    assert "(95 %)" in second.promotion_reason or "decide every holdout item alike" in second.promotion_reason
     first.refresh_from_db()
     assert not first.active
     assert set(Prediction.objects.values_list("model_version_id", flat=True)) == {second.pk}
