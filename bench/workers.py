@@ -15,12 +15,17 @@ READY_SECONDS = 120
 
 
 @contextlib.contextmanager
-def celery_workers(broker: str, queue: str, count: int = 1, concurrency: int = 1, pool: str = "prefork", **env):
+def celery_workers(
+    broker: str, queue: str, count: int = 1, concurrency: int = 1, pool: str = "prefork", **env
+):
     """`count` `celery worker` processes (each with `concurrency` pool processes) taking only
     `queue`, with `env` added to this process's environment, ready when this yields them.
     Afterwards they are stopped (warm, then killed after a minute) and the queue's keys are
     deleted from the broker."""
-    env = {**os.environ, "CELERY_BROKER_URL": broker, "CELERY_TASK_DEFAULT_QUEUE": queue, "PYTHONUNBUFFERED": "1", **env}
+    env = {
+        **os.environ, "CELERY_BROKER_URL": broker, "CELERY_TASK_DEFAULT_QUEUE": queue,
+        "PYTHONUNBUFFERED": "1", **env,
+    }
     workers = []
     try:
         for n in range(count):

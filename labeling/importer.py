@@ -910,7 +910,9 @@ def import_items(project: Project, stream: BinaryIO, filename: str = "", size: i
         result = _Importer(project, "line" if fmt == "jsonl" else "row").run(rows)
         # What the workers do once the items are committed, in one message: a hung broker holds
         # the import up for one publish's timeout, not one per follow-up.
-        follow_up_import.delay_on_commit(project.pk, new_items=result.created > 0, new_gold=result.gold_labels > 0)
+        follow_up_import.delay_on_commit(
+            project.pk, new_items=result.created > 0, new_gold=result.gold_labels > 0
+        )
     if result.created >= _limit("IMPORT_ANALYZE_MIN_ROWS", 10_000):
         refresh_planner_statistics()
     result.seconds = time.perf_counter() - started

@@ -81,8 +81,8 @@ def confusion_intervals(matrix: np.ndarray) -> dict[str, list[float]]:
     depend on the confusion matrix alone: its cells are the items' kinds."""
     counts = np.asarray(matrix, dtype=np.float64)
     shares = resampled_shares(counts.ravel()).reshape(-1, *counts.shape)
-    present = (counts.sum(axis=0) + counts.sum(axis=1)) > 0  # the labels the figures are over
-    return {name: percentile_interval(values) for name, values in confusion_figures(shares, present).items()}
+    figures = confusion_figures(shares, _present_in(counts))
+    return {name: percentile_interval(values) for name, values in figures.items()}
 
 
 def resampled_shares(kinds: np.ndarray) -> np.ndarray:
@@ -116,10 +116,13 @@ def confusion_figures(matrices: np.ndarray, present: np.ndarray | None = None) -
     }
 
 
-def difference_intervals(y_true: Sequence[str], y_new: Sequence[str], y_old: Sequence[str]) -> dict[str, list[float]]:
+def difference_intervals(
+    y_true: Sequence[str], y_new: Sequence[str], y_old: Sequence[str]
+) -> dict[str, list[float]]:
     """95 % intervals of (new model − old model) in accuracy, weighted and macro F1 on the same
     holdout items. Paired: both models are redrawn on the same items, so a difference can be sure
-    even where each model's own interval is wide. An item's kind: (gold, new, old) labels."""
+    even where each model's own interval is wide. An item's kind: (gold, new, old) labels. Two
+    models that decide every item alike get [0, 0]: this holdout cannot tell them apart."""
     labels = sorted(set(map(str, y_true)) | set(map(str, y_new)) | set(map(str, y_old)))
     codes = np.stack([_codes([str(y) for y in ys], labels) for ys in (y_true, y_new, y_old)], axis=1)
     kinds, counts = np.unique(codes, axis=0, return_counts=True)
@@ -131,8 +134,13 @@ def difference_intervals(y_true: Sequence[str], y_new: Sequence[str], y_old: Seq
         np.add.at(matrices, (slice(None), gold, predicted), shares)
         observed = np.zeros((len(labels), len(labels)))
         np.add.at(observed, (gold, predicted), counts)
-        figures.append(confusion_figures(matrices, (observed.sum(axis=0) + observed.sum(axis=1)) > 0))
+        figures.append(confusion_figures(matrices, _present_in(observed)))
     return {name: percentile_interval(figures[0][name] - figures[1][name]) for name in figures[0]}
+
+
+def _present_in(matrix: np.ndarray) -> np.ndarray:
+    """The labels of a confusion matrix in the gold or the predictions: the figures are over them."""
+    return (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
 
 
 def percentile_interval(values: np.ndarray) -> list[float]:

@@ -527,7 +527,8 @@ def _intervals(truth, predicted) -> dict[str, list[float]]:
     # share of the pseudo-item in the single-label intervals).
     seen, width = np.unique(gold, axis=0), gold.shape[1]
     gold = np.vstack([gold, np.repeat(seen, width, axis=0)])
-    chosen = np.vstack([chosen, np.repeat(seen, width, axis=0) ^ np.tile(np.eye(width, dtype=np.int64), (len(seen), 1))])
+    flipped = np.repeat(seen, width, axis=0) ^ np.tile(np.eye(width, dtype=np.int64), (len(seen), 1))
+    chosen = np.vstack([chosen, flipped])
     counts = np.concatenate([counts, np.zeros(len(seen) * width, dtype=counts.dtype)])
     figures = _figures(gold, chosen, evaluation.resampled_shares(counts), _present(truth, predicted))
     return {name: evaluation.percentile_interval(values) for name, values in figures.items()}
@@ -537,7 +538,10 @@ def difference_intervals(true_sets, new_sets, old_sets, classes) -> dict[str, li
     """95 % intervals of (new model − old model) in the same figures on the same holdout items,
     paired as evaluation.difference_intervals. An item's kind: its gold, new and old sets."""
     labels = _label_order(classes, true_sets, list(new_sets) + list(old_sets))
-    truth, new, old = (binarize([[str(c) for c in s] for s in sets], labels) for sets in (true_sets, new_sets, old_sets))
+    truth, new, old = (
+        binarize([[str(c) for c in labels_of_item] for labels_of_item in sets], labels)
+        for sets in (true_sets, new_sets, old_sets)
+    )
     kinds, counts = np.unique(np.hstack([truth, new, old]).astype(np.int64), axis=0, return_counts=True)
     gold, chosen_new, chosen_old = np.hsplit(kinds, 3)
     shares = evaluation.resampled_shares(counts)

@@ -301,7 +301,8 @@ def _walk(state: Run) -> None:
         with timed(state.timings, "evaluate"):
             results = evaluate(project, model, data, rules)
         ModelVersion.objects.filter(pk=version.pk).update(
-            algorithm=report["algorithm"], params={**report["params"], **_thresholds(report), **_encoder_of(model)},
+            algorithm=report["algorithm"],
+            params={**report["params"], **_thresholds(report), **_encoder_of(model)},
             selection=report,
             trained_on=len(data.train_ids), holdout_size=len(data.holdout_ids),
             metrics=results["metrics"], baselines=results["baselines"], artifact_sha256=sha,
@@ -602,7 +603,9 @@ def evaluate(project: Project, model, data: TrainingSet, rules) -> dict:
             log.warning("Active version %s could not be re-scored: %s", active.number, error)
         else:
             difference = _difference(data, decided, before, model.classes_)
-            result["active"] = {"id": active.pk, "number": active.number, "metrics": metrics, "difference": difference}
+            result["active"] = {
+                "id": active.pk, "number": active.number, "metrics": metrics, "difference": difference,
+            }
             result["baselines"]["previous"] = {"version": active.number, **metrics, "difference": difference}
     return result
 
@@ -611,7 +614,8 @@ def _score(model, data: TrainingSet, slices: dict) -> tuple[dict, list]:
     """The model's figures on the holdout, and what it decided for each item."""
     proba = model.predict_proba(data.holdout_texts)
     predicted = [model.classes_[i] for i in proba.argmax(axis=1)]
-    return evaluation.evaluate(data.holdout_labels, predicted, proba, model.classes_, members=slices), predicted
+    metrics = evaluation.evaluate(data.holdout_labels, predicted, proba, model.classes_, members=slices)
+    return metrics, predicted
 
 
 def _score_multilabel(model, data: TrainingSet, slices: dict) -> tuple[dict, list]:
