@@ -264,9 +264,19 @@ def _version_report(version: ModelVersion) -> dict:
                 "macro_f1": m.get("macro_f1"),
                 "ece": (m.get("calibration") or {}).get("ece"),
                 "intervals": m.get("intervals") or {},  # none on versions evaluated before they were added
+                "difference": _signed_intervals(m.get("difference") or {}),
             }
             for name, m in compared
         ],
+    }
+
+
+def _signed_intervals(intervals: dict) -> dict[str, str]:
+    """A difference's 95 % intervals as text with signs: "+0.012 to +0.034" (or, where the two
+    versions decide every holdout item alike, that)."""
+    return {
+        name: "alike on every item" if low == high == 0 else f"{low:+.3f} to {high:+.3f}"
+        for name, (low, high) in intervals.items()
     }
 
 

@@ -167,3 +167,20 @@ def test_it_says_when_the_serving_model_learned_from_another_encoders_vectors(pr
     monkeypatch.setattr(embeddings, "available", lambda: False)  # the extra uninstalled
     html = reviewer.get(url(project)).content.decode()
     assert "cannot make them: the [embeddings] extra is not installed" in html
+
+
+def test_it_shows_the_difference_to_the_version_serving_before_item_by_item(project, member):
+    load(project, gold=80, unlabeled=5)
+    first = runs.request_training(project, ModelVersion.Trigger.BUTTON, enqueue=False)
+    runs.run(first.pk)
+    load(project, gold=12, unlabeled=0, seed=7)  # new gold labels: a second run
+    second = runs.request_training(project, ModelVersion.Trigger.BUTTON, enqueue=False)
+    runs.run(second.pk)
+    second.refresh_from_db()
+    assert second.active, second.promotion_reason
+
+    html = client_of(member("reviewer")).get(url(project)).content.decode()
+
+    low, high = second.baselines["previous"]["difference"]["weighted_f1"]
+    shown = "alike on every item" if low == high == 0 else f"{low:+.3f} to {high:+.3f}"
+    assert "this version minus it, item by item" in html and shown in html
