@@ -138,6 +138,12 @@ def difference_intervals(
     return {name: percentile_interval(figures[0][name] - figures[1][name]) for name in figures[0]}
 
 
+def decided_alike(difference: Sequence[float]) -> bool:
+    """Whether a difference interval (difference_intervals) says the two models decided every
+    holdout item alike: this holdout cannot tell them apart at all."""
+    return difference[0] == difference[1] == 0
+
+
 def _present_in(matrix: np.ndarray) -> np.ndarray:
     """The labels of a confusion matrix in the gold or the predictions: the figures are over them."""
     return (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0

@@ -597,8 +597,7 @@ def evaluate(project: Project, model, data: TrainingSet, rules) -> dict:
     active = serving.active_version(project.pk)
     if active is not None:
         try:
-            serving_model = serving.model_for(active)
-            metrics, before = score(serving_model, data, slices)
+            metrics, before = score(serving.model_for(active), data, slices)
         except serving.ModelUnavailable as error:
             log.warning("Active version %s could not be re-scored: %s", active.number, error)
         else:
@@ -650,8 +649,10 @@ def encoder_changed(version: ModelVersion) -> dict | None:
     """When `version` learned from another encoder's vectors than this server makes now (or can
     make none): {"trained": that encoder, "now": this one, or "" without the [embeddings] extra}."""
     trained = (version.params or {}).get("encoder")
+    if not trained:
+        return None  # no sentence vectors in it; and naming the encoder would import torch here
     now = embeddings.encoder_name() if embeddings.available() else ""
-    return {"trained": trained, "now": now} if trained and trained != now else None
+    return {"trained": trained, "now": now} if trained != now else None
 
 
 def headline(project: Project) -> tuple[str, str, object]:
@@ -707,7 +708,7 @@ def _sureness(active: dict | None, key: str, figure: str) -> str:
     low, high = ((active or {}).get("difference") or {}).get(key) or (None, None)
     if low is None:
         return ""
-    if low == high == 0:
+    if evaluation.decided_alike([low, high]):
         return f" It and version {active['number']} decide every holdout item alike."
     verdict = "better beyond noise" if low > 0 else "worse beyond noise" if high < 0 else "within noise"
     return f" Minus version {active['number']} in {figure}: {low:+.3f} to {high:+.3f} (95 %), {verdict}."

@@ -24,7 +24,7 @@ from labeling.access import get_membership
 from labeling.models import GoldLabel, Role
 from labeling.views_dashboard import ask_for_recount
 
-from . import actions, cadence, charts, runs
+from . import actions, cadence, charts, evaluation, runs
 from .models import ModelVersion, PredictLog, Rule, Slice
 
 RUN_STEPS = [
@@ -275,8 +275,8 @@ def _signed_intervals(intervals: dict) -> dict[str, str]:
     """A difference's 95 % intervals as text with signs: "+0.012 to +0.034" (or, where the two
     versions decide every holdout item alike, that)."""
     return {
-        name: "alike on every item" if low == high == 0 else f"{low:+.3f} to {high:+.3f}"
-        for name, (low, high) in intervals.items()
+        name: "alike on every item" if evaluation.decided_alike(interval) else "{:+.3f} to {:+.3f}".format(*interval)
+        for name, interval in intervals.items()
     }
 
 
